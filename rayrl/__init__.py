@@ -1,0 +1,3 @@
+"""rayrl: a fault-tolerant GRPO post-training runtime on Ray."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,25 @@
+"""Checkpoint exceptions.
+
+They keep ``path`` and ``reason`` as their ``args`` so they survive pickling: Ray re-raises worker
+exceptions on the caller after a round trip through pickle.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class CheckpointError(Exception):
+    """A checkpoint file or directory could not be written or read safely."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(str(path), reason)
+        self.path = str(path)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class CheckpointInvalid(CheckpointError):
+    """A step directory is incomplete or damaged: resume must not use it."""

@@ -1,0 +1,428 @@
+"""The rayrl config schema, its loading (defaults <- YAML <- dotted overrides) and validation.
+
+The dataclasses below ARE the schema: OmegaConf uses them to reject unknown keys and wrong types, and the
+loaded config is a tree of these dataclass objects. Every problem surfaces as one `ConfigError` whose
+one-line message starts with the dotted key at fault, so the CLI can print it and exit 2 without a traceback.
+Range rules live next to each field (`_field(default, rule)`) so the schema and its limits cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import math
+import os
+import re
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
+
+
+class ConfigError(Exception):
+    """A bad config or command line; the message is one line naming the dotted key (or option) at fault."""
+
+
+# --------------------------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A range check for one field: `ok(value)` must hold; `need` says what is required, for the message."""
+
+    ok: Callable[[Any], bool]
+    need: str
+
+
+_RULE = "rayrl_rule"
+
+
+def _field(default: Any, rule: _Rule) -> Any:
+    """A dataclass field whose (non-null) value `validate` checks against `rule`."""
+    return field(default=default, metadata={_RULE: rule})
+
+
+def _ge(lo: float) -> _Rule:
+    return _Rule(lambda v: v >= lo, f"must be >= {lo}")
+
+
+def _gt(lo: float) -> _Rule:
+    return _Rule(lambda v: v > lo, f"must be > {lo}")
+
+
+def _within(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> _Rule:
+    def ok(v: float) -> bool:
+        return (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+
+    return _Rule(ok, f"must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
+
+
+def _one_of(*choices: str) -> _Rule:
+    return _Rule(lambda v: v in choices, f"must be one of {', '.join(choices)}")
+
+
+_NONEMPTY = _Rule(lambda v: v.strip() != "", "must not be empty")
+
+# Tasks that read a dataset from `data.path` instead of generating one.
+FILE_TASKS = ("jsonl", "parquet", "hf_dataset")
+
+# --------------------------------------------------------------------------------------------- schema
+
+
+@dataclass
+class CheckpointConfig:
+    """How and what to checkpoint, and which checkpoints to keep."""
+
+    async_save: bool = True  # write checkpoints in the background while training goes on
+    max_to_keep: Optional[int] = _field(None, _ge(1))  # keep only the newest N steps; null = keep all
+    keep_top_k: Optional[int] = _field(None, _ge(1))  # also keep the K best steps by `metric`; needs metric
+    metric: Optional[str] = _field(None, _NONEMPTY)  # a key of the step's metrics, e.g. reward_mean
+    metric_mode: str = _field("max", _one_of("max", "min"))  # whether a larger or smaller metric is better
+    manager_class: Optional[str] = None  # dotted path "pkg.module.Class" of a custom CheckpointManager
+    verify_checksums: bool = True  # verify manifest checksums when choosing a checkpoint to resume
+    export_hf_every: int = _field(0, _ge(0))  # also export a HF model dir every N steps; 0 = never
+
+
+@dataclass
+class RunnerConfig:
+    """The run as a whole: where it writes, how long it runs, how it saves, resumes and recovers."""
+
+    experiment_name: str = _field("grpo-tiny", _NONEMPTY)  # the run's name, a directory under output_dir
+    output_dir: str = _field("./logs", _NONEMPTY)  # parent of all runs' directories
+    log_path: str = _field("${runner.output_dir}/${runner.experiment_name}", _NONEMPTY)  # the run directory
+    max_steps: int = _field(20, _ge(1))  # train until this global step
+    save_interval: int = _field(5, _ge(0))  # checkpoint every N steps (and at the last); 0 = only at the end
+    resume_dir: Optional[str] = None  # a global_step_N dir to start from; must exist
+    resume_mode: str = _field("auto", _one_of("auto", "disable"))  # auto: latest valid; disable: archive
+    max_restarts: int = _field(3, _ge(0))  # in-job recoveries from infrastructure failures before giving up
+    restart_backoff_s: float = _field(1.0, _ge(0))  # first backoff; doubles per restart, capped at 30 s
+    seed: int = 1  # seeds every rank, worker and the data order
+    step_timeout_s: float = _field(600.0, _gt(0))  # a step without progress this long counts as a hang
+    resource_wait_s: float = _field(120.0, _gt(0))  # how long recovery waits for resources to come back
+    save_on_preemption: bool = True  # on SIGTERM / node drain, checkpoint at the next step boundary
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+@dataclass
+class ModelConfig:
+    """The policy model; the size fields only shape the built-in tiny model."""
+
+    path: Optional[str] = _field(None, _NONEMPTY)  # null = built-in tiny model; else local HF dir or hub name
+    trust_remote_code: bool = False  # passed to transformers when loading `path`
+    dtype: str = _field("float32", _one_of("float32", "bfloat16", "float16"))  # parameter dtype
+    hidden_size: int = _field(128, _ge(1))  # built-in tiny model only
+    num_layers: int = _field(4, _ge(1))  # built-in tiny model only
+    num_heads: int = _field(4, _ge(1))  # built-in tiny model only; must divide hidden_size
+    intermediate_size: int = _field(256, _ge(1))  # built-in tiny model only
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its learning-rate schedule."""
+
+    lr: float = _field(1e-3, _gt(0))  # peak learning rate
+    weight_decay: float = _field(0.0, _ge(0))  # AdamW decoupled weight decay
+    beta1: float = _field(0.9, _within(0, 1, hi_open=True))  # AdamW first-moment decay
+    beta2: float = _field(0.999, _within(0, 1, hi_open=True))  # AdamW second-moment decay
+    eps: float = _field(1e-8, _gt(0))  # AdamW denominator epsilon
+    warmup_steps: int = _field(0, _ge(0))  # linear warm-up from 0 to lr over this many steps
+    lr_schedule: str = _field("constant", _one_of("constant", "cosine"))  # after warm-up
+    min_lr_ratio: float = _field(0.1, _within(0, 1))  # cosine floor as a fraction of lr
+    grad_clip: float = _field(1.0, _gt(0))  # max global gradient norm
+
+
+@dataclass
+class ActorConfig:
+    """The policy being trained: `world_size` ranks in one torch.distributed group (FSDP2)."""
+
+    world_size: int = _field(2, _ge(1))  # ranks of the policy
+    num_cpus_per_worker: float = _field(1.0, _gt(0))  # Ray CPUs per rank
+    num_gpus_per_worker: float = _field(0.0, _ge(0))  # Ray GPUs per rank; > 0 means CUDA + nccl
+    micro_batch_size: int = _field(0, _ge(0))  # sequences per forward; 0 = the whole local batch at once
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class RolloutConfig:
+    """The generation engines that sample responses with the actor's latest weights."""
+
+    backend: str = _field("hf", _one_of("hf", "vllm"))  # hf: transformers generate; vllm: the vllm extra
+    num_workers: int = _field(1, _ge(1))  # generation engines
+    num_cpus_per_worker: float = _field(1.0, _ge(0))  # Ray CPUs per engine
+    num_gpus_per_worker: float = _field(0.0, _ge(0))  # Ray GPUs per engine
+    tensor_parallel_size: int = _field(1, _ge(1))  # vllm tensor parallelism inside one engine
+    n_samples_per_prompt: int = _field(8, _ge(2))  # the GRPO group size; a group needs at least 2
+    max_new_tokens: int = _field(12, _ge(1))  # response length limit
+    temperature: float = _field(1.0, _gt(0))  # sampling temperature
+    top_p: float = _field(1.0, _within(0, 1, lo_open=True))  # nucleus sampling mass
+
+
+@dataclass
+class ReferenceConfig:
+    """The frozen initial policy that gives reference log-probs for the KL term."""
+
+    enabled: bool = True  # false: no reference worker and no KL term
+    num_cpus_per_worker: float = _field(1.0, _ge(0))  # Ray CPUs for the reference worker
+    num_gpus_per_worker: float = _field(0.0, _ge(0))  # Ray GPUs for the reference worker
+
+
+@dataclass
+class DataConfig:
+    """The prompts and their verifiable answers."""
+
+    task: str = _field("copy_pattern", _NONEMPTY)  # a built-in task name, or jsonl / parquet / hf_dataset
+    batch_size: int = _field(8, _ge(1))  # prompts per step
+    num_samples: int = _field(4096, _ge(1))  # size of generated datasets
+    path: Optional[str] = _field(None, _NONEMPTY)  # file for jsonl/parquet, dataset name for hf_dataset
+    prompt_key: str = _field("prompt", _NONEMPTY)  # column holding the prompt in file datasets
+    answer_key: str = _field("answer", _NONEMPTY)  # column holding the reference answer in file datasets
+    pattern_length: int = _field(2, _ge(1))  # copy_pattern: symbols to repeat
+
+
+@dataclass
+class AlgorithmConfig:
+    """GRPO loss settings."""
+
+    name: str = _field("grpo", _one_of("grpo"))  # the only algorithm so far
+    kl_coef: float = _field(0.01, _ge(0))  # weight of the KL penalty to the reference policy
+    clip_ratio: float = _field(0.2, _gt(0))  # PPO-style ratio clip epsilon
+    ppo_epochs: int = _field(1, _ge(1))  # optimizer passes over each step's rollouts
+    norm_adv_by_std: bool = True  # divide group-relative advantages by the group's std
+    entropy_coef: float = 0.0  # weight of the entropy bonus
+
+
+@dataclass
+class RayRLConfig:
+    """The whole job."""
+
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_config(config_path: str | None, overrides: list[str]) -> RayRLConfig:
+    """Schema defaults <- YAML file <- `a.b=c` overrides (the last wins), resolved and validated."""
+    cfg = OmegaConf.structured(RayRLConfig)
+    if config_path is not None:
+        for key, value in _leaves(_read_yaml(config_path)):
+            _assign(cfg, key, value)
+    for override in overrides:
+        for key, value in _leaves(_parse_override(override)):
+            _assign(cfg, key, value)
+    try:
+        loaded = OmegaConf.to_object(cfg)  # resolves interpolations, checks their types
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"{e.full_key}: has no value (???)") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{e.full_key or 'config'}: {_first_line(e)}") from None
+    assert isinstance(loaded, RayRLConfig)
+    validate(loaded)
+    return loaded
+
+
+def validate(cfg: RayRLConfig) -> None:
+    """Check every value's range and the rules that tie fields together; raise ConfigError on the first."""
+    _check_fields(cfg, "")
+    ckpt = cfg.runner.checkpoint
+    if ckpt.keep_top_k is not None and ckpt.metric is None:
+        raise ConfigError("runner.checkpoint.keep_top_k: needs runner.checkpoint.metric to rank by")
+    resume_dir = cfg.runner.resume_dir
+    if resume_dir is not None and not os.path.exists(resume_dir):
+        raise ConfigError(f"runner.resume_dir: does not exist: {resume_dir}")
+    if resume_dir is not None and not os.path.isdir(resume_dir):
+        raise ConfigError(f"runner.resume_dir: not a directory: {resume_dir}")
+    if cfg.data.task in FILE_TASKS and cfg.data.path is None:
+        raise ConfigError(f"data.path: required when data.task is {cfg.data.task!r}")
+    model = cfg.actor.model
+    if model.path is None and model.hidden_size % model.num_heads != 0:
+        raise ConfigError(
+            f"actor.model.hidden_size: must be a multiple of actor.model.num_heads "
+            f"(got {model.hidden_size} and {model.num_heads})"
+        )
+
+
+def config_to_dict(cfg: RayRLConfig) -> dict[str, Any]:
+    """The config as plain JSON-able data (for trainer_state.json)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_to_yaml(cfg: RayRLConfig) -> str:
+    """The resolved config as YAML, in schema order."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def _check_fields(node: Any, prefix: str) -> None:
+    for f in dataclasses.fields(node):
+        key, value = prefix + f.name, getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, key + ".")
+        elif isinstance(value, float) and math.isnan(value):
+            raise ConfigError(f"{key}: must be a number (got nan)")
+        elif value is not None and _RULE in f.metadata and not f.metadata[_RULE].ok(value):
+            raise ConfigError(f"{key}: {f.metadata[_RULE].need} (got {value!r})")
+
+
+def _read_yaml(path: str) -> dict[Any, Any]:
+    """The YAML file as a plain nested dict, every failure as a ConfigError naming the file."""
+    try:
+        loaded = OmegaConf.load(path)
+    except FileNotFoundError:
+        raise ConfigError(f"--config: file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"--config: cannot read {path}: {e.strerror}") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"--config: invalid YAML in {path}{where}: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config: invalid YAML in {path}: {' '.join(str(e).split())}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"--config: {path}: {e.full_key}: {_first_line(e)}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"--config: {path}: the top level must be a mapping (runner: ..., actor: ...)")
+    container = OmegaConf.to_container(loaded, resolve=False)
+    assert isinstance(container, dict)
+    return container
+
+
+_DOTTED_KEY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _parse_override(override: str) -> dict[Any, Any]:
+    """`a.b=value` as a nested dict; the value is parsed as YAML, exactly as OmegaConf's dotlist does."""
+    key, eq, _ = override.partition("=")
+    if not eq:
+        hint = f" (did you mean --config {override}?)" if override.endswith((".yaml", ".yml")) else ""
+        raise ConfigError(f"override {override!r}: expected key=value{hint}")
+    if not _DOTTED_KEY.fullmatch(key):
+        raise ConfigError(f"override {override!r}: {key!r} is not a dotted key like runner.max_steps")
+    try:
+        parsed = OmegaConf.to_container(OmegaConf.from_dotlist([override]), resolve=False)
+    except yaml.YAMLError:
+        raise ConfigError(f"{key}: cannot parse the value in override {override!r}") from None
+    except OmegaConfBaseException as e:  # e.g. a malformed ${...} interpolation
+        raise ConfigError(f"{key}: {_first_line(e)}") from None
+    assert isinstance(parsed, dict)
+    return parsed
+
+
+def _leaves(tree: dict[Any, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Flatten nested mappings into (dotted key, value) pairs, so each error can name its exact key."""
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            yield from _leaves(v, key + ".")
+        else:
+            yield key, v
+
+
+def _assign(cfg: DictConfig, key: str, value: Any) -> None:
+    """Set one dotted key; OmegaConf checks the key exists and the value converts to the field's type."""
+    try:
+        OmegaConf.update(cfg, key, value, merge=True)
+    except OmegaConfBaseException as e:
+        raise _translate(e, key, value) from None
+
+
+def _translate(e: OmegaConfBaseException, key: str, value: Any) -> ConfigError:
+    """OmegaConf's multi-line exception as a one-line ConfigError naming the most precise key."""
+    where = e.full_key or key
+    if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
+        parent, _, name = where.rpartition(".")
+        schema = _schema_type(parent) if parent else RayRLConfig
+        known = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
+        return ConfigError(f"{where}: unknown key{hint}")
+    expected = _schema_type(where)
+    if isinstance(e, ValidationError) and expected is not None:
+        got = value
+        if key.startswith(where + "."):  # e.g. actor.world_size.x=1: the bad value is {x: 1}
+            for part in reversed(key[len(where) + 1 :].split(".")):
+                got = {part: got}
+        return ConfigError(f"{where}: expected {_type_name(expected)} (got {got!r})")
+    return ConfigError(f"{where}: {_first_line(e)}")
+
+
+def _schema_type(key: str) -> Any:
+    """The annotated type of a dotted key in the schema, or None when there is no such key."""
+    tp: Any = RayRLConfig
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(tp):
+            return None
+        tp = typing.get_type_hints(tp).get(part)
+    return tp
+
+
+def _type_name(tp: Any) -> str:
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    args = typing.get_args(tp)
+    if type(None) in args:  # Optional[X]
+        return f"{_type_name(next(a for a in args if a is not type(None)))} or null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _first_line(e: OmegaConfBaseException) -> str:
+    """OmegaConf appends 'full_key: ...' etc. on further lines; keep only the message itself."""
+    return (e.msg or str(e)).strip().splitlines()[0]
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+_USAGE_EPILOG = """\
+overrides:
+  dotted keys of the config, e.g. runner.max_steps=50 actor.world_size=4; they are applied after the
+  YAML file, in order, and the last one wins. Values are parsed as YAML (null, true, 1e-3, ...) and may
+  use interpolation, e.g. 'runner.log_path=${runner.output_dir}/x'.
+
+exit status:
+  0 the run finished; 2 bad config or usage; anything else: the run failed after its restart budget.
+"""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises ConfigError instead of printing and exiting, so the CLI owns exit codes."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        prog="rayrl",
+        description="Fault-tolerant GRPO post-training on Ray.",
+        epilog=_USAGE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument("--config", metavar="PATH", help="YAML file of the job (default: built-in defaults)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    return parser
+
+
+def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
+    """`[--config PATH] [key=value ...]` -> (config path or None, overrides).
+
+    -h/--help prints usage and raises SystemExit(0); bad usage raises ConfigError.
+    """
+    args = _parser().parse_intermixed_args(argv)
+    return args.config, list(args.overrides)

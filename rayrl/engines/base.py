@@ -1,0 +1,77 @@
+"""The interface every generation engine implements, and the factory that picks one.
+
+A rollout worker owns one engine. The engine owns all randomness sampling depends on, so that a
+checkpoint of ``state_dict()`` plus the policy weights is enough to continue sampling bit-exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+
+@dataclass
+class Rollouts:
+    """Generated samples: ``n`` consecutive rows per prompt, prompts left-padded, responses right-padded."""
+
+    prompt_ids: torch.Tensor  # [N, P] left-padded with pad_id
+    prompt_mask: torch.Tensor  # [N, P] 1 for real prompt tokens
+    response_ids: torch.Tensor  # [N, R] right-padded with pad_id
+    response_mask: torch.Tensor  # [N, R] 1 up to and including the first eos
+    response_texts: list[str]
+    pad_id: int
+
+    @staticmethod
+    def concat(parts: list["Rollouts"]) -> "Rollouts":
+        """Join the outputs of several workers, re-padding prompts (left) and responses (right)."""
+        pad_id = parts[0].pad_id
+        p_len = max(p.prompt_ids.shape[1] for p in parts)
+        r_len = max(p.response_ids.shape[1] for p in parts)
+
+        def pad(t: torch.Tensor, width: int, value: int, left: bool) -> torch.Tensor:
+            extra = width - t.shape[1]
+            if extra == 0:
+                return t
+            fill = torch.full((t.shape[0], extra), value, dtype=t.dtype)
+            return torch.cat([fill, t] if left else [t, fill], dim=1)
+
+        return Rollouts(
+            prompt_ids=torch.cat([pad(p.prompt_ids, p_len, pad_id, True) for p in parts]),
+            prompt_mask=torch.cat([pad(p.prompt_mask, p_len, 0, True) for p in parts]),
+            response_ids=torch.cat([pad(p.response_ids, r_len, pad_id, False) for p in parts]),
+            response_mask=torch.cat([pad(p.response_mask, r_len, 0, False) for p in parts]),
+            response_texts=[t for p in parts for t in p.response_texts],
+            pad_id=pad_id,
+        )
+
+
+class GenerationEngine(Protocol):
+    """What a rollout worker needs from an engine."""
+
+    def generate(self, prompts: list[str], n: int, step: int) -> Rollouts:
+        """Sample ``n`` responses per prompt; ``step`` lets engines derive per-request seeds."""
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Replace the policy weights in place (full, unsharded tensors keyed by HF names)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything sampling depends on besides the weights (RNG state)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+def make_engine(cfg: Any, worker_index: int) -> GenerationEngine:
+    """Build the engine named by ``cfg.rollout.backend``."""
+    backend = cfg.rollout.backend
+    if backend == "hf":
+        from rayrl.engines.hf import HFEngine
+
+        return HFEngine(cfg, worker_index)
+    if backend == "vllm":
+        from rayrl.engines.vllm import VLLMEngine
+
+        return VLLMEngine(cfg, worker_index)
+    raise ValueError(f"rollout.backend: unknown engine {backend!r} (known: hf, vllm)")

