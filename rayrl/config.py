@@ -131,7 +131,7 @@ class ModelConfig:
 class OptimConfig:
     """AdamW and its learning-rate schedule."""
 
-    lr: float = _field(1e-3, _gt(0))  # peak learning rate
+    lr: float = _field(3e-3, _gt(0))  # peak learning rate
     weight_decay: float = _field(0.0, _ge(0))  # AdamW decoupled weight decay
     beta1: float = _field(0.9, _within(0, 1, hi_open=True))  # AdamW first-moment decay
     beta2: float = _field(0.999, _within(0, 1, hi_open=True))  # AdamW second-moment decay

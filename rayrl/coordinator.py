@@ -11,6 +11,7 @@ import os
 import platform
 import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,9 @@ class Coordinator:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         torch.set_num_threads(1)
         self.cfg = cfg
-        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        with warnings.catch_warnings():  # Ray deprecates an internal it uses for this property
+            warnings.simplefilter("ignore")
+            self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self.run_dir = Path(cfg.runner.log_path)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         manager_cls = load_manager_class(cfg.runner.checkpoint.manager_class)
@@ -110,12 +113,15 @@ class Coordinator:
             state = self.manager.load(start_dir, parts)
             step = int(state["global_step"])
             sync_weights(fleet)
-            log.info("Resumed from %s: next step %d", start_dir, step + 1)
+            self.events.emit("resumed", f"Resumed from {start_dir}: next step {step + 1}",
+                             step=step, path=start_dir)
         else:
-            log.info("No checkpoint to resume from: starting fresh at step 1")
+            self.events.emit("fresh_start", "No checkpoint to resume from: starting fresh at step 1")
         self.metrics.truncate_after(step)
         if step >= runner.max_steps:
-            log.info("Nothing left to do: step %d >= runner.max_steps=%d", step, runner.max_steps)
+            self.events.emit("nothing_to_do", f"Nothing left to do: the checkpoint is at step {step}, "
+                             f"runner.max_steps={runner.max_steps}")
+            self._teardown()
             return {"status": "done", "final_step": step}
         while step < runner.max_steps:
             step += 1
@@ -123,8 +129,6 @@ class Coordinator:
             metrics = run_step(fleet, cfg, self.task, items, step)
             metrics.update(epoch=epoch, consumed_samples=stream.consumed_samples)
             self.metrics.append(metrics)
-            log.info("step %d/%d  reward %.3f  loss %+.4f  kl %.4f  %.2fs", step, runner.max_steps,
-                     metrics["reward_mean"], metrics["loss"], metrics["kl"], metrics["time_s"])
             self._note_recovered(step)
             self.manager.poll()
             notices = fleet.preemption_notices() if runner.save_on_preemption else []
@@ -132,8 +136,9 @@ class Coordinator:
             if step % max(runner.save_interval, runner.max_steps + 1) == 0 or step == runner.max_steps or stopping:
                 t0 = time.perf_counter()
                 self.manager.save(step, parts, self._trainer_state(step, metrics, stream))
-                self.events.emit("save", f"checkpoint of step {step} started ({time.perf_counter() - t0:.2f}s blocking)",
-                                 step=step, blocking_s=time.perf_counter() - t0)
+                blocking = time.perf_counter() - t0
+                self.events.emit("save", f"checkpoint of step {step}: training blocked {blocking:.2f}s",
+                                 step=step, blocking_s=blocking)
             if stopping:
                 self.manager.wait()
                 self._on_notice(step, notices)

@@ -13,6 +13,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_PROGRAM, EXIT_PREEMPTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 75, 130
 
@@ -49,6 +50,7 @@ def _init_ray(cfg) -> str | None:
     """Join RAY_ADDRESS, or start a private local instance; returns the temp dir to remove, if ours."""
     import ray
 
+    logging.getLogger("ray").setLevel(logging.ERROR)  # quiet: rayrl prints what matters itself
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING, log_to_driver=True)
         return None
@@ -75,6 +77,20 @@ def _launch(cfg):
     ).remote(cfg)
 
 
+def _wait_showing_progress(ref, cfg):
+    """Wait for the coordinator, printing each finished step and event as it lands on disk."""
+    import ray
+
+    from rayrl.console import Console
+
+    console = Console(Path(cfg.runner.log_path), cfg.runner.max_steps)
+    while True:
+        ready, _ = ray.wait([ref], timeout=0.5)
+        console.poll()
+        if ready:
+            return ray.get(ref)
+
+
 def run(cfg) -> int:
     import ray
     from ray.exceptions import RayActorError, RayTaskError
@@ -87,7 +103,7 @@ def run(cfg) -> int:
     try:
         coordinator = _launch(cfg)
         signal.signal(signal.SIGTERM, lambda *_: coordinator.request_stop.remote("SIGTERM to the driver"))
-        result = ray.get(coordinator.run.remote())
+        result = _wait_showing_progress(coordinator.run.remote(), cfg)
         if result["status"] == "preempted":
             log.warning("rayrl: stopped by a preemption notice after saving step %d", result["final_step"])
             return EXIT_PREEMPTED
@@ -126,6 +142,7 @@ def cli(argv: list[str] | None = None) -> int:
         validate(cfg)
     except ConfigError as err:
         return _config_error(str(err))
+    cfg.runner.log_path = os.path.abspath(cfg.runner.log_path)  # workers may run in another directory
     return run(cfg)
 
 

@@ -69,12 +69,11 @@ class MetricsLog:
 
 
 class EventLog:
-    """One JSON line per failure, recovery or notable act, and the same as a clear console line."""
+    """One JSON line per failure, recovery, save or resume, with the console line to show for it."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / EVENTS_FILE
 
     def emit(self, event: str, message: str, **fields: Any) -> None:
-        record = {"time": time.time(), "event": event, **fields}
-        _append_line(self.path, record)
-        log.warning("[rayrl] %s", message) if event in ("failure", "run_failed") else log.info("[rayrl] %s", message)
+        """Record an event; the driver prints ``message`` (rayrl.console), so it is not logged here too."""
+        _append_line(self.path, {"time": time.time(), "event": event, "message": message, **fields})

@@ -112,7 +112,7 @@ class CheckpointDir:
             os.rename(temp, final)
         fsync_dir(self.root)
         self.write_tracker(step)
-        log.info("Committed checkpoint %s", final)
+        log.debug("Committed checkpoint %s", final)
         return final
 
     def _move_aside(self, path: Path, step: int, tag: str) -> Path:
