@@ -59,8 +59,7 @@ def _init_ray(cfg) -> str | None:
               + (cfg.reference.num_cpus_per_worker if cfg.reference.enabled else 0))
     temp_dir = tempfile.mkdtemp(prefix="rayrl-", dir="/tmp")  # short: Ray's socket paths have a length limit
     ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False,
-             _temp_dir=temp_dir, logging_level=logging.WARNING, log_to_driver=True,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}})
+             _temp_dir=temp_dir, logging_level=logging.WARNING, log_to_driver=True)
     return temp_dir
 
 
