@@ -200,7 +200,6 @@ class AlgorithmConfig:
     clip_ratio: float = _field(0.2, _gt(0))  # PPO-style ratio clip epsilon
     ppo_epochs: int = _field(1, _ge(1))  # optimizer passes over each step's rollouts
     norm_adv_by_std: bool = True  # divide group-relative advantages by the group's std
-    entropy_coef: float = 0.0  # weight of the entropy bonus
 
 
 @dataclass
@@ -251,6 +250,12 @@ def validate(cfg: RayRLConfig) -> None:
         raise ConfigError(f"runner.resume_dir: not a directory: {resume_dir}")
     if cfg.data.task in FILE_TASKS and cfg.data.path is None:
         raise ConfigError(f"data.path: required when data.task is {cfg.data.task!r}")
+    if cfg.rollout.num_workers > cfg.data.batch_size:
+        raise ConfigError(f"rollout.num_workers: must be <= data.batch_size, or some engines get no prompt "
+                          f"(got {cfg.rollout.num_workers} > {cfg.data.batch_size})")
+    if cfg.actor.world_size > cfg.data.batch_size * cfg.rollout.n_samples_per_prompt:
+        raise ConfigError(f"actor.world_size: must be <= data.batch_size * rollout.n_samples_per_prompt, "
+                          f"or some ranks get no sample (got {cfg.actor.world_size})")
     model = cfg.actor.model
     if model.path is None and model.hidden_size % model.num_heads != 0:
         raise ConfigError(

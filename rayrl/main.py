@@ -32,7 +32,13 @@ def validate(cfg) -> None:
     from rayrl.checkpoint.manager import load_manager_class
     from rayrl.checkpoint.manifest import verify_checkpoint
 
+    from rayrl.data.tasks import get_task
+
     load_manager_class(cfg.runner.checkpoint.manager_class)
+    try:
+        get_task(cfg.data)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if cfg.runner.resume_dir is not None:
         try:
             verify_checkpoint(cfg.runner.resume_dir, check_checksums=cfg.runner.checkpoint.verify_checksums)
