@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from rayrl.models import build_tiny_model, build_tokenizer, load_model_and_tokenizer, save_model_dir
+from rayrl.models.loading import load_model_and_tokenizer, save_model_dir
+from rayrl.models.tiny import build_tiny_model, build_tokenizer
 
 SMALL = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 

@@ -1,8 +1,3 @@
-"""Models and tokenizers: the built-in tiny pair and loading of real HF checkpoints."""
-
-from __future__ import annotations
-
-from rayrl.models.loading import load_model_and_tokenizer, save_model_dir
-from rayrl.models.tiny import build_tiny_model, build_tokenizer
-
-__all__ = ["build_tiny_model", "build_tokenizer", "load_model_and_tokenizer", "save_model_dir"]
+"""Models and tokenizers: the built-in tiny pair (tiny.py), loading of real HF checkpoints (loading.py) and
+the forward passes training needs (forward.py). Nothing is imported here: the coordinator imports the worker
+classes (and so forward.py) without needing transformers, which costs seconds of start-up per process."""

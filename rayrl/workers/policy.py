@@ -12,11 +12,11 @@ import torch
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
-from rayrl.models.loading import load_model_and_tokenizer
-
 
 def build_sharded_policy(model_cfg: Any, seed: int, world_size: int, device: torch.device):
     """Load the policy (identical on every rank), then shard each decoder layer and the root with FSDP2."""
+    from rayrl.models.loading import load_model_and_tokenizer  # transformers: only in worker processes
+
     model, tokenizer = load_model_and_tokenizer(model_cfg, seed)
     model.to(device)
     mesh = init_device_mesh(device.type, (world_size,))

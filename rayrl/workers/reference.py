@@ -7,7 +7,6 @@ from typing import Any
 import torch
 
 from rayrl.models.forward import response_logprobs
-from rayrl.models.loading import load_model_and_tokenizer
 from rayrl.workers.base import WorkerBase
 
 
@@ -16,6 +15,8 @@ class ReferenceWorker(WorkerBase):
 
     def __init__(self, cfg: Any, index: int) -> None:
         super().__init__(cfg, role="reference", index=index)
+        from rayrl.models.loading import load_model_and_tokenizer  # transformers: only in this process
+
         device = torch.device("cuda" if cfg.reference.num_gpus_per_worker > 0 else "cpu")
         self.model, _ = load_model_and_tokenizer(cfg.actor.model, cfg.runner.seed)
         self.model.to(device).eval().requires_grad_(False)
