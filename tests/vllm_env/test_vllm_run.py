@@ -1,0 +1,105 @@
+"""GRPO with rollout.backend=vllm through the real driver: reward rises; a SIGKILLed vLLM rollout worker is
+recovered from inside the job; a SIGKILLed job resumes with the same command. Both interrupted runs are
+compared with the uninterrupted one bit for bit: weights and per-step rewards (vLLM's CPU forward pass is
+deterministic and every sample has its own seed, see rayrl/engines/vllm.py).
+
+Timing: a step takes ~0.2 s here, so a run would finish before a test could kill it. The test-only hang hook
+(RAYRL_TEST_HANG_AT_STEP, rayrl/workers/base.py) parks the rollout worker at the start of one step, once per
+run directory: the kill lands at a known step, after a known checkpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.vllm_env.settings import VLLM_MODEL, require_vllm
+
+require_vllm()
+pytestmark = pytest.mark.vllm
+
+import psutil  # noqa: E402 - a vLLM dependency
+
+from tests.support import (  # noqa: E402
+    assert_same_weights, env_for_tests, final_weights, kill_session, read_events, rewards, run_dir,
+    run_rayrl, spawn_rayrl, tracker_step, wait_until,
+)
+
+STEPS = 12
+RUN = [*VLLM_MODEL, "data.task=repeat_token", "data.batch_size=4", "data.num_samples=64",
+       "rollout.n_samples_per_prompt=8", "rollout.max_new_tokens=8", "actor.optim.lr=1e-2",
+       f"runner.max_steps={STEPS}", "runner.save_interval=3", "runner.checkpoint.async_save=false"]
+TIMEOUT = 600  # vLLM start-up and Ray on 2 shared cores
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vllm-reference")
+    proc = run_rayrl(out, *RUN, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return out
+
+
+def test_reward_rises(reference_run):
+    values = [r for _, r in rewards(reference_run)]
+    assert [s for s, _ in rewards(reference_run)] == list(range(1, STEPS + 1))
+    assert sum(values[-3:]) / 3 > sum(values[:3]) / 3 + 0.3, values
+
+
+def _spawn_parked(out: Path, hang_step: int):
+    """Start the run; return once its rollout worker is parked at the start of ``hang_step``."""
+    proc = spawn_rayrl(out, *RUN, env=env_for_tests(RAYRL_TEST_HANG_AT_STEP=str(hang_step)))
+    marker = run_dir(out) / f".test-hang-{hang_step}"
+    try:
+        wait_until(lambda: marker.exists() or proc.poll() is not None, TIMEOUT, f"the hang at step {hang_step}")
+    except BaseException:
+        kill_session(proc)
+        raise
+    assert proc.poll() is None, f"exited with {proc.returncode}; events: {read_events(out)[-5:]}"
+    return proc
+
+
+def _rollout_worker_pids(session: int) -> list[int]:
+    """The run's vLLM rollout workers: Ray names the process after the actor class (setproctitle)."""
+    pids = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if os.getsid(p.pid) == session and (p.info["cmdline"] or [""])[0].startswith("ray::RolloutWorker"):
+                pids.append(p.pid)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return pids
+
+
+def test_sigkill_of_the_vllm_rollout_worker_is_recovered_bit_exactly(reference_run, tmp_path):
+    proc = _spawn_parked(tmp_path, hang_step=5)
+    try:
+        assert tracker_step(tmp_path) == 3
+        pids = _rollout_worker_pids(proc.pid)
+        assert len(pids) == 1, pids
+        os.kill(pids[0], signal.SIGKILL)
+        proc.wait(timeout=TIMEOUT)
+    finally:
+        kill_session(proc)
+    events = read_events(tmp_path)
+    assert proc.returncode == 0, events[-5:]
+    failures = [e for e in events if e["event"] == "failure"]
+    assert len(failures) == 1 and failures[0]["what"].startswith("rollout"), failures
+    resumed = [e for e in events if e["event"] == "resumed"]
+    assert resumed and resumed[-1]["step"] == 3, resumed
+    assert any(e["event"] == "recovered" for e in events)
+    assert rewards(tmp_path) == rewards(reference_run)
+    assert_same_weights(final_weights(tmp_path, STEPS), final_weights(reference_run, STEPS))
+
+
+def test_sigkill_of_the_job_then_same_command_resumes_bit_exactly(reference_run, tmp_path):
+    proc = _spawn_parked(tmp_path, hang_step=8)
+    kill_session(proc)
+    assert tracker_step(tmp_path) == 6
+    resumed = run_rayrl(tmp_path, *RUN, timeout=TIMEOUT)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "global_step_6: next step 7" in resumed.stdout, resumed.stdout[-3000:]
+    assert rewards(tmp_path) == rewards(reference_run)
+    assert_same_weights(final_weights(tmp_path, STEPS), final_weights(reference_run, STEPS))
