@@ -32,7 +32,7 @@ TRACKER_FILE = "latest_checkpointed_iteration.txt"
 STEP_PREFIX = "global_step_"
 ARCHIVE_PREFIX = "run_"
 _STEP_RE = re.compile(r"global_step_(0|[1-9][0-9]*)")
-_ASIDE_RE = re.compile(r"global_step_[0-9]+\.(corrupt|replaced)-[0-9]{8}-[0-9]{6}(-[0-9]+)?")
+_ASIDE_RE = re.compile(r"global_step_[0-9]+\.(corrupt|replaced|superseded)-[0-9]{8}-[0-9]{6}(-[0-9]+)?")
 _ARCHIVE_RE = re.compile(r"run_([0-9]+)")
 
 
@@ -106,16 +106,16 @@ class CheckpointDir:
             os.rename(temp, final)
         elif _rename_exchange(temp, final):
             fsync_dir(self.root)
-            self._move_aside(temp, step, "replaced")
+            self.move_aside(temp, step, "replaced")
         else:  # no atomic swap here: the old step is absent for the moment between two renames
-            self._move_aside(final, step, "replaced")
+            self.move_aside(final, step, "replaced")
             os.rename(temp, final)
         fsync_dir(self.root)
         self.write_tracker(step)
         log.debug("Committed checkpoint %s", final)
         return final
 
-    def _move_aside(self, path: Path, step: int, tag: str) -> Path:
+    def move_aside(self, path: Path, step: int, tag: str) -> Path:
         """Rename to ``global_step_N.<tag>-<UTC time>[-i]``, a name no discovery ever picks."""
         base = f"{STEP_PREFIX}{step}.{tag}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         target, i = self.root / base, 0
@@ -162,7 +162,7 @@ class CheckpointDir:
             try:
                 verify_checkpoint(path, check_checksums=check_checksums, expected_step=step)
             except CheckpointInvalid as e:
-                aside = self._move_aside(path, step, "corrupt")
+                aside = self.move_aside(path, step, "corrupt")
                 log.warning("Checkpoint %s is invalid (%s); moved aside to %s", path, e.reason, aside.name)
                 continue
             chosen = (step, path)
