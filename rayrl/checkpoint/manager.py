@@ -5,21 +5,28 @@ step, lists valid steps and waits for saves in flight. It knows nothing of GRPO:
 from *participants*, each writing its own part under a subdirectory (the coordinator provides them).
 A save is staged into a hidden temporary sibling; it becomes visible (manifest, rename, tracker) only
 when every participant has finished, so a crash at any moment leaves the previous set intact.
+
+Asynchronous saves: at most one is in flight; the coordinator polls at every step boundary (where a background
+failure surfaces as a ``CheckpointError`` naming the step) and waits before the next save and at the end.
+docs/checkpoint_manager.md describes the protocol, the participants and how to write a manager of one's own.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import importlib
 import inspect
 import logging
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 from rayrl.checkpoint.errors import CheckpointError
-from rayrl.checkpoint.layout import CheckpointDir
+from rayrl.checkpoint.layout import TRACKER_FILE, CheckpointDir
 from rayrl.checkpoint.manifest import build_manifest, verify_checkpoint, write_manifest
 from rayrl.checkpoint.retention import select_steps_to_delete
 from rayrl.checkpoint.safe_io import atomic_write_json
@@ -31,15 +38,21 @@ Digests = dict[str, dict]
 
 
 class Participant(Protocol):
-    """One role's share of a checkpoint, written under ``<step dir>/<name>/``."""
+    """One role's share of a checkpoint, written under ``<step dir>/<name>/``.
+
+    Digests map each file's path relative to ``directory`` to ``{"size": int, "crc32": "8 hex digits"}``
+    (``rayrl.checkpoint.manifest.file_digest``); the manager digests any file a participant did not report.
+    """
 
     name: str
 
     def save(self, directory: str, async_save: bool) -> Digests | None:
-        """Write (or, async, stage) this part; digests of the files when already complete, else None."""
+        """Write (or, async, stage) this part; digests of the files when already complete, else None
+        (then ``poll_save`` is called until it returns them). Returns only once the state is captured:
+        training may change it right after."""
 
     def poll_save(self, block: bool) -> Digests | None:
-        """Digests once an async write has finished (re-raising its error), else None."""
+        """Digests once an async write has finished (re-raising its error), else None; ``block`` waits."""
 
     def load(self, directory: str) -> None:
         """Restore this part from ``directory``."""
@@ -47,7 +60,11 @@ class Participant(Protocol):
 
 @runtime_checkable
 class CheckpointManager(Protocol):
-    """What the runtime needs from a checkpoint manager; built as ``Cls(config, checkpoint_dir)``."""
+    """What the runtime needs from a checkpoint manager; built as ``Cls(config, checkpoint_dir)`` in the
+    coordinator. ``config`` is ``runner.checkpoint``: an instance of the class's optional ``config_class``
+    attribute (a dataclass subclassing ``rayrl.config.CheckpointConfig``, whose extra keys the config loader
+    then accepts), else of ``CheckpointConfig``. Errors that mean workers are gone (``rayrl.failures.
+    InfraFailure``) must propagate unchanged from every method, so that the runtime recovers."""
 
     def prepare(self, resume_dir: str | None, resume_mode: str, restarted: bool) -> str | None:
         """Decide where to start: the step directory to load, or None for a fresh start."""
@@ -81,23 +98,28 @@ class _Pending:
     participants: list[Participant]
     digests: Digests = field(default_factory=dict)
     waiting: list[Participant] = field(default_factory=list)
+    export: Future | None = None  # the periodic HF export into the step, once the participants are done
 
 
 class DefaultCheckpointManager:
-    """Atomic per-step directories, async saves, manifest-verified resume, retention from disk."""
+    """Atomic per-step directories, async saves, manifest-verified resume, retention from disk,
+    periodic HF exports. Subclasses can act on each committed step through ``on_committed``."""
 
     def __init__(self, config: Any, checkpoint_dir: str) -> None:
         self.config = config
         self.dir = CheckpointDir(checkpoint_dir)
         self._pending: _Pending | None = None
+        self._exporter: ThreadPoolExecutor | None = None
 
     # -------------------------------------------------------------- where to start
     def prepare(self, resume_dir: str | None, resume_mode: str, restarted: bool) -> str | None:
         for leftover in self.dir.cleanup_temp_dirs():
             log.info("Removed an unfinished save left by a crash: %s", leftover)
         own = self.latest()
-        if restarted or (own is not None and resume_mode == "auto" and resume_dir is None):
-            # after this run's first checkpoint every recovery resumes from it, never the original resume_dir
+        if restarted or (own is not None and resume_mode == "auto" and
+                         (resume_dir is None or _started_from(own, resume_dir))):
+            # after this run's first checkpoint every recovery resumes from it, never the original resume_dir:
+            # a relaunch with the same command (run_main.sh) finds its own steps descend from that resume_dir
             return own if own is not None else _checked(resume_dir, self.config.verify_checksums)
         if resume_mode == "disable" and resume_dir is None:
             archive = self.dir.archive_existing()
@@ -105,8 +127,27 @@ class DefaultCheckpointManager:
                 log.info("resume_mode=disable: archived earlier checkpoints into %s", archive)
             return None
         if resume_dir is not None:
-            return _checked(resume_dir, self.config.verify_checksums)
+            step = verify_checkpoint(resume_dir, check_checksums=self.config.verify_checksums)["step"]
+            self._supersede_after(step, resume_dir)
+            return resume_dir
         return None
+
+    def _supersede_after(self, step: int, resume_dir: str) -> None:
+        """Move this run's steps after ``step`` aside (never delete): starting again from ``resume_dir``
+        abandons them, and a later auto-resume must not jump back onto that abandoned timeline."""
+        moved = False
+        for later, path in self.dir.list_step_dirs():
+            if later > step and not _same_path(path, resume_dir):
+                aside = self.dir.move_aside(path, later, "superseded")
+                log.warning("Resuming from %s (step %d): moved this run's later %s aside to %s",
+                            resume_dir, step, path.name, aside.name)
+                moved = True
+        if moved:
+            remaining = self.dir.list_step_dirs()
+            if remaining:
+                self.dir.write_tracker(remaining[-1][0])
+            else:
+                (self.dir.root / TRACKER_FILE).unlink(missing_ok=True)
 
     def latest(self) -> str | None:
         found = self.dir.find_resume_point(check_checksums=self.config.verify_checksums)
@@ -133,8 +174,7 @@ class DefaultCheckpointManager:
             self.abort()
             raise
         self._pending = pending
-        if not pending.waiting:
-            self._commit()
+        self._advance(block=not self.config.async_save)  # commits now unless something is still writing
 
     def poll(self) -> int | None:
         return self._advance(block=False)
@@ -143,6 +183,8 @@ class DefaultCheckpointManager:
         self._advance(block=True)
 
     def _advance(self, block: bool) -> int | None:
+        """Collect finished parts; commit once all are done. A failure drops the step (the previous
+        steps stay as they are) and is raised as a CheckpointError, except a lost worker (recovery's)."""
         pending = self._pending
         if pending is None:
             return None
@@ -152,12 +194,34 @@ class DefaultCheckpointManager:
                 if digests is not None:
                     pending.digests.update(_prefixed(p.name, digests))
                     pending.waiting.remove(p)
+            if pending.waiting or not self._exported(pending, block):
+                return None
         except BaseException as err:
             self.abort()
-            raise CheckpointError(pending.temp_dir, f"background save of step {pending.step} failed: {err}") from err
-        if pending.waiting:
-            return None
+            if not isinstance(err, Exception) or _is_infrastructure(err):
+                raise
+            raise CheckpointError(pending.temp_dir, f"background save of step {pending.step} failed: "
+                                  f"{type(err).__name__}: {err}") from err
         return self._commit()
+
+    def _exported(self, pending: _Pending, block: bool) -> bool:
+        """Whether the step's periodic HF export (``export_hf_every``) is done, starting it in the
+        background once the actor's shards are complete. It lands in ``hf/`` before the manifest is
+        written, so the manifest covers it and retention deletes it with its step."""
+        every = getattr(self.config, "export_hf_every", 0)
+        if not every or pending.step % every:
+            return True
+        if pending.export is None:
+            from rayrl.export import HF_DIR, export_hf
+
+            if self._exporter is None:
+                self._exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayrl-hf-export")
+            pending.export = self._exporter.submit(export_hf, pending.temp_dir, pending.temp_dir / HF_DIR,
+                                                   verify=False)
+        if not block and not pending.export.done():
+            return False
+        pending.export.result()
+        return True
 
     def _commit(self) -> int:
         pending, self._pending = self._pending, None
@@ -171,11 +235,19 @@ class DefaultCheckpointManager:
             raise
         log.info("Saved checkpoint %s (%.1f MB)", final, manifest["total_bytes"] / 1e6)
         self._apply_retention(protected={pending.step})
+        self.on_committed(pending.step, final)
         return pending.step
+
+    def on_committed(self, step: int, step_dir: Path) -> None:
+        """Hook for subclasses: step ``step`` is complete in ``step_dir`` and retention has run. Called in
+        the coordinator at a step boundary (or at the end of the run): it blocks training while it runs,
+        and an exception stops the run."""
 
     def abort(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
+            if pending.export is not None and not pending.export.cancel():
+                concurrent.futures.wait([pending.export])  # local work: let it finish, not recreate files later
             shutil.rmtree(pending.temp_dir, ignore_errors=True)
             log.warning("Dropped the unfinished save of step %d", pending.step)
 
@@ -185,6 +257,10 @@ class DefaultCheckpointManager:
             return
         steps = self.list_steps()
         metrics = {s: _read_metrics(self.dir.step_dir(s)) for s in steps} if cfg.keep_top_k else {}
+        newest = max(protected)
+        if cfg.keep_top_k and cfg.metric not in metrics.get(newest, {}):
+            log.warning("Retention: step %d has no metric %r (it has: %s); keep_top_k ranks it last",
+                        newest, cfg.metric, ", ".join(sorted(metrics.get(newest, {}))) or "none")
         doomed = select_steps_to_delete(steps, metrics, cfg.max_to_keep, cfg.keep_top_k, cfg.metric,
                                         cfg.metric_mode, protected)
         for step in doomed:
@@ -200,6 +276,22 @@ class DefaultCheckpointManager:
         for p in participants:
             p.load(os.path.join(step_dir, p.name))
         return state
+
+
+def _same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _started_from(step_dir: str, resume_dir: str) -> bool:
+    """Whether the run that wrote ``step_dir`` was started with this ``runner.resume_dir``."""
+    import json
+
+    try:
+        with open(os.path.join(step_dir, TRAINER_STATE_FILE)) as f:
+            recorded = json.load(f).get("config", {}).get("runner", {}).get("resume_dir")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(recorded, str) and _same_path(recorded, resume_dir)
 
 
 def _checked(step_dir: str | None, check_checksums: bool) -> str | None:
@@ -222,6 +314,16 @@ def _read_metrics(step_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def _is_infrastructure(err: BaseException) -> bool:
+    """A lost worker, node or object: the runtime recovers from it; it is not a failed save."""
+    from rayrl.failures import InfraFailure  # imported late: the rest of this module needs no Ray
+
+    return isinstance(err, InfraFailure)
+
+
+MANAGER_KEY = "runner.checkpoint.manager_class"
+
+
 def load_manager_class(path: str | None) -> type:
     """The manager class named by ``runner.checkpoint.manager_class`` (default when None), checked
     against the protocol; raises ConfigError naming the class and what is missing."""
@@ -229,21 +331,42 @@ def load_manager_class(path: str | None) -> type:
 
     if path is None:
         return DefaultCheckpointManager
-    key = "runner.checkpoint.manager_class"
+    key = MANAGER_KEY
+    if not isinstance(path, str):
+        raise ConfigError(f"{key}: expected a dotted path 'pkg.module.Class' (got {path!r})")
     module_name, _, cls_name = path.rpartition(".")
     if not module_name:
         raise ConfigError(f"{key}: {path!r} is not a dotted path 'pkg.module.Class'")
     try:
         cls = getattr(importlib.import_module(module_name), cls_name)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"{key}: cannot import {path!r}: {err}") from None
+    except Exception as err:  # noqa: BLE001 -- whatever the user's module raises while importing
+        raise ConfigError(f"{key}: cannot import {path!r}: {type(err).__name__}: {err}") from None
     if not inspect.isclass(cls):
         raise ConfigError(f"{key}: {path!r} is not a class")
     required = [m for m in _protocol_methods() if not callable(getattr(cls, m, None))]
     if required:
         raise ConfigError(f"{key}: {path} does not implement the CheckpointManager protocol "
                          f"(missing: {', '.join(required)})")
+    try:
+        inspect.signature(cls).bind(None, "checkpoints")
+    except TypeError as err:
+        raise ConfigError(f"{key}: {path} cannot be built as {cls_name}(config, checkpoint_dir): {err}") from None
+    except ValueError:  # no signature to inspect (a C extension): trust it
+        pass
+    manager_config_class(cls)
     return cls
+
+
+def manager_config_class(manager_cls: type) -> type:
+    """The schema of ``runner.checkpoint`` for this manager class: its ``config_class`` (a dataclass
+    subclassing ``rayrl.config.CheckpointConfig`` that adds the manager's own keys), else CheckpointConfig."""
+    from rayrl.config import CheckpointConfig, ConfigError
+
+    schema = getattr(manager_cls, "config_class", CheckpointConfig)
+    if not (inspect.isclass(schema) and issubclass(schema, CheckpointConfig) and dataclasses.is_dataclass(schema)):
+        raise ConfigError(f"{MANAGER_KEY}: {manager_cls.__module__}.{manager_cls.__qualname__}.config_class "
+                          f"must be a dataclass subclassing rayrl.config.CheckpointConfig (got {schema!r})")
+    return schema
 
 
 def _protocol_methods() -> list[str]:

@@ -3,22 +3,29 @@
 The caller hands in a plain state dict (``{"model": ..., "optimizer": ...}``); this module knows nothing of
 what is inside. Asynchronous saves stage the state into host memory with one ``DefaultStager`` kept for the
 whole run (re-created stagers leak host memory) and write in a background thread on a gloo group of their
-own (an async save on the training group crashes gloo when training collectives run beside it).
+own (an async save on the training group crashes gloo when training collectives run beside it). The
+digests of the written files (for the manifest) are computed in the background too: hashing a large shard
+at the next step boundary would block training for about as long as writing it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
-from concurrent.futures import Future
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+from rayrl.checkpoint.errors import CheckpointError
+from rayrl.checkpoint.manifest import Digest, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -26,23 +33,27 @@ METADATA_FILE = ".metadata"
 
 
 class ShardedCheckpointIO:
-    """Saves and loads this rank's shards; at most one asynchronous save in flight."""
+    """Saves and loads this rank's shards; at most one save in flight (a new save waits for the last)."""
 
     def __init__(self, rank: int, async_group: dist.ProcessGroup | None, thread_count: int = 1) -> None:
         self.rank = rank
         self.async_group = async_group
         self.thread_count = thread_count
         self._stager: DefaultStager | None = None
-        self._pending: Future | None = None
-        self._pending_dir: str | None = None
+        self._finisher: ThreadPoolExecutor | None = None
+        self._pending: Future[dict[str, Digest]] | None = None
 
     def save(self, directory: str, state_dict: dict[str, Any], async_save: bool) -> None:
-        """Write this rank's shards into ``directory``; with ``async_save`` return once staged."""
+        """Write this rank's shards into ``directory``; with ``async_save`` return once the state is
+        staged (one host copy, reused by every later save), writing and hashing in the background."""
         self.wait()
         writer = FileSystemWriter(directory, single_file_per_rank=True, sync_files=True,
                                   thread_count=self.thread_count)
         if not async_save:
-            dcp.save(state_dict, storage_writer=writer)
+            with _plain_errors(directory, "write"):
+                dcp.save(state_dict, storage_writer=writer)
+            self._pending = Future()
+            self._pending.set_result(self._digests(directory))
             return
         if self._stager is None:
             on_gpu = torch.cuda.is_available() and any(
@@ -50,23 +61,31 @@ class ShardedCheckpointIO:
             self._stager = DefaultStager(StagingOptions(
                 use_pinned_memory=on_gpu, use_shared_memory=False,
                 use_async_staging=False, use_non_blocking_copy=on_gpu))
-        self._pending = dcp.async_save(state_dict, storage_writer=writer,
-                                       process_group=self.async_group, async_stager=self._stager)
-        self._pending_dir = directory
+            self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayrl-ckpt-finish")
+        upload = dcp.async_save(state_dict, storage_writer=writer,
+                                process_group=self.async_group, async_stager=self._stager)
+        assert self._finisher is not None
+        self._pending = self._finisher.submit(self._finish, upload, directory)
 
-    def in_flight(self) -> bool:
-        return self._pending is not None
+    def _finish(self, upload: Future, directory: str) -> dict[str, Digest]:
+        with _plain_errors(directory, "write"):
+            upload.result()
+        return self._digests(directory)
+
+    def _digests(self, directory: str) -> dict[str, Digest]:
+        return {name: file_digest(os.path.join(directory, name)) for name in self.written_files(directory)}
 
     def done(self) -> bool:
         """True when no save is in flight or the one in flight has finished (successfully or not)."""
         return self._pending is None or self._pending.done()
 
-    def wait(self) -> None:
-        """Block until the save in flight is on disk; re-raise its error."""
+    def wait(self) -> dict[str, Digest] | None:
+        """Block until the last save is on disk; the digests of its files (relative names), or None when
+        there was nothing to wait for (each result is handed out once). Re-raises a background error."""
         if self._pending is None:
-            return
+            return None
         pending, self._pending = self._pending, None
-        pending.result()
+        return pending.result()
 
     def written_files(self, directory: str) -> list[str]:
         """Paths (relative to ``directory``) of the files this rank's DCP save wrote."""
@@ -77,13 +96,30 @@ class ShardedCheckpointIO:
 
     def load(self, directory: str, state_dict: dict[str, Any]) -> None:
         """Load in place into ``state_dict``'s tensors, resharding to their current layout."""
-        dcp.load(state_dict, storage_reader=FileSystemReader(directory))
+        with _plain_errors(directory, "read"):
+            dcp.load(state_dict, storage_reader=FileSystemReader(directory))
 
     def close(self) -> None:
-        self.wait()
-        if self._stager is not None:
-            self._stager.close()
-            self._stager = None
+        try:
+            self.wait()
+        finally:
+            if self._stager is not None:
+                self._stager.close()
+                self._stager = None
+            if self._finisher is not None:
+                self._finisher.shutdown(wait=False)
+                self._finisher = None
+
+
+@contextlib.contextmanager
+def _plain_errors(directory: str, what: str) -> Iterator[None]:
+    """DCP's CheckpointException is a BaseException carrying every rank's traceback: as such it escapes
+    ``except Exception`` (Ray's included) and reads badly. Re-raise it as a one-line CheckpointError."""
+    try:
+        yield
+    except CheckpointException as err:
+        causes = "; ".join(f"rank {rank}: {type(exc).__name__}: {exc}" for rank, (exc, _) in err.failures.items())
+        raise CheckpointError(directory, f"DCP {what} failed ({causes})") from None
 
 
 def _leaves(obj: Any):

@@ -1,0 +1,1 @@
+"""Examples of extending rayrl (importable as ``examples.*`` from the repository root, where run_main.sh runs)."""
