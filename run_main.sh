@@ -53,6 +53,10 @@ while :; do
         # `wait` also returns when a trapped signal arrives; the driver may still be running then.
         kill -0 "$child" 2>/dev/null || break
     done
+    # A driver killed outright leaves some of its local Ray instance's daemons behind in its process group
+    # (job control made the driver the group leader); they would outlive the job. An empty group: no-op.
+    died_at=$(date +%s.%N)
+    kill -KILL -- "-$child" 2>/dev/null || true
     child=""
     case $rc in 0 | 2 | 3 | 130) exit "$rc" ;; esac  # done, bad config, program error, interrupted
     if [[ -n $stop ]] || ((relaunches >= max_relaunches)); then exit "$rc"; fi
@@ -60,4 +64,7 @@ while :; do
     echo "rayrl: driver exited with $rc; relaunching ($relaunches/$max_relaunches)" \
         "with runner.resume_mode=auto" >&2
     extra=(runner.resume_mode=auto)
+    # The relaunched driver reports the loss in events.jsonl and times the recovery from this moment.
+    export RAYRL_RELAUNCH=$relaunches RAYRL_RELAUNCH_MAX=$max_relaunches RAYRL_RELAUNCH_EXIT=$rc \
+        RAYRL_RELAUNCH_TIME=$died_at
 done

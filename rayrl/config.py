@@ -220,12 +220,12 @@ class RayRLConfig:
 def load_config(config_path: str | None, overrides: list[str]) -> RayRLConfig:
     """Schema defaults <- YAML file <- `a.b=c` overrides (the last wins), resolved and validated."""
     cfg = OmegaConf.structured(RayRLConfig)
-    if config_path is not None:
-        for key, value in _leaves(_read_yaml(config_path)):
-            _assign(cfg, key, value)
+    assignments = list(_leaves(_read_yaml(config_path))) if config_path is not None else []
     for override in overrides:
-        for key, value in _leaves(_parse_override(override)):
-            _assign(cfg, key, value)
+        assignments += _leaves(_parse_override(override))
+    _use_checkpoint_schema(cfg, assignments)
+    for key, value in assignments:
+        _assign(cfg, key, value)
     try:
         loaded = OmegaConf.to_object(cfg)  # resolves interpolations, checks their types
     except MissingMandatoryValue as e:
@@ -235,6 +235,19 @@ def load_config(config_path: str | None, overrides: list[str]) -> RayRLConfig:
     assert isinstance(loaded, RayRLConfig)
     validate(loaded)
     return loaded
+
+
+def _use_checkpoint_schema(cfg: DictConfig, assignments: list[tuple[str, Any]]) -> None:
+    """A custom checkpoint manager may extend `runner.checkpoint` with keys of its own (its `config_class`,
+    a CheckpointConfig subclass): before any value is assigned, put that schema in place so those keys are
+    known and type-checked. The class is the one the assignments name last (a literal, not an interpolation)."""
+    from rayrl.checkpoint.manager import MANAGER_KEY, load_manager_class, manager_config_class
+
+    named = [value for key, value in assignments if key == MANAGER_KEY]
+    if named and named[-1] is not None:
+        schema = manager_config_class(load_manager_class(named[-1]))
+        if schema is not CheckpointConfig:
+            cfg.runner.checkpoint = OmegaConf.structured(schema)
 
 
 def validate(cfg: RayRLConfig) -> None:

@@ -1,7 +1,9 @@
 """The coordinator: a restartable Ray actor that owns the step loop, the save schedule and recovery.
 
 Infrastructure failures (a worker, node or object lost; a hang) tear the fleet down, wait for resources,
-rebuild it and resume from this run's latest valid checkpoint. Program errors stop the run.
+rebuild it and resume from this run's latest valid checkpoint. Program errors stop the run. When this
+process itself dies, Ray restarts it (max_restarts) and the driver's ``run`` call is retried: the new
+process resumes from this run's own latest checkpoint, never archiving, never going back to resume_dir.
 """
 
 from __future__ import annotations
@@ -23,29 +25,30 @@ from rayrl.checkpoint.manager import load_manager_class
 from rayrl.config import config_to_dict
 from rayrl.data.loader import BatchStream
 from rayrl.data.tasks import get_task
-from rayrl.failures import InfraFailure
+from rayrl.failures import InfraFailure, check_finite
 from rayrl.participants import ActorPart, DataPart, RolloutPart
+from rayrl.recovery import Recovery, RunFailed
 from rayrl.runlog import EventLog, MetricsLog
 from rayrl.step import run_step, sync_weights
 from rayrl.workers.fleet import Fleet
+from rayrl.workers.group import remove_leftovers
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 30.0
-
-
-class RunFailed(RuntimeError):
-    """Recovery budget exhausted; the message carries the history of what died."""
+__all__ = ["Coordinator", "RunFailed"]
 
 
 class Coordinator:
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Any, relaunch: dict[str, Any] | None = None) -> None:
+        """``relaunch``: set by the driver when run_main.sh relaunched it after the previous driver died
+        (attempt, max, exit_status, failure_time), so that the recovery is reported and timed."""
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         torch.set_num_threads(1)
         self.cfg = cfg
         with warnings.catch_warnings():  # Ray deprecates an internal it uses for this property
             warnings.simplefilter("ignore")
             self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self.actor_id = ray.get_runtime_context().get_actor_id() or "driver"  # the same across restarts
         self.run_dir = Path(cfg.runner.log_path)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         manager_cls = load_manager_class(cfg.runner.checkpoint.manager_class)
@@ -54,10 +57,11 @@ class Coordinator:
         self.dataset = self.task.build_dataset(cfg.data.num_samples, cfg.runner.seed)
         self.metrics = MetricsLog(self.run_dir)
         self.events = EventLog(self.run_dir)
+        self.recovery = Recovery(self.events, cfg.runner.max_restarts, cfg.runner.restart_backoff_s)
+        self.relaunch = relaunch
         self.fleet: Fleet | None = None
         self.stop_reason: str | None = None  # set by a preemption notice to this process or the driver
         self.stop_exits_process = False
-        self.failure_time: float | None = None
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM to the coordinator", True))
 
     def request_stop(self, reason: str, exit_process: bool = False) -> None:
@@ -65,58 +69,74 @@ class Coordinator:
         ends its process (Ray restarts it, resuming); the driver's returns ``preempted`` to the driver."""
         self.stop_reason, self.stop_exits_process = reason, exit_process
 
-    def node_and_pid(self) -> tuple[str, int]:
-        return ray.get_runtime_context().get_node_id(), os.getpid()
-
     # ------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
         """Train to ``max_steps``, recovering from infrastructure failures within the budget."""
         runner = self.cfg.runner
-        if self.restarted:
-            self.events.emit("coordinator_restarted", "coordinator restarted by Ray; resuming this run",
-                             node=ray.get_runtime_context().get_node_id())
-            self.failure_time = time.time()
+        self._report_own_loss()
         start_dir = self.manager.prepare(runner.resume_dir, runner.resume_mode, self.restarted)
-        history: list[str] = []
-        restarts = 0
         while True:
             try:
                 return self._train(start_dir)
             except InfraFailure as failure:
-                self.failure_time = self.failure_time or time.time()
+                where = self.fleet.location(failure.what) if self.fleet is not None else {}
                 self._teardown()
-                counted = not failure.preemption
-                restarts += counted
-                history.append(f"{failure} (node {failure.node or '?'})")
-                self.events.emit("failure", f"{failure.what} failed: {failure.cause}; recovering",
-                                 what=failure.what, cause=failure.cause, node=failure.node,
-                                 counted=counted, restarts=restarts)
-                if restarts > runner.max_restarts:
-                    self.events.emit("run_failed", f"giving up after {restarts - 1} recoveries")
-                    raise RunFailed(f"run failed after {restarts - 1} recoveries (runner.max_restarts="
-                                    f"{runner.max_restarts}); what died:\n  " + "\n  ".join(history)) from None
-                if counted:
-                    time.sleep(min(MAX_BACKOFF_S, runner.restart_backoff_s * 2 ** (restarts - 1)))
+                delay = self.recovery.failed(failure.what, failure.cause, failure.node or where.get("node"),
+                                             where.get("pid"), preemption=failure.preemption)
+                time.sleep(delay)
                 start_dir = self.manager.prepare(runner.resume_dir, runner.resume_mode, restarted=True)
+            except Exception as err:
+                self._teardown()
+                self.events.emit("program_error", f"stopped by a program error (not retried): {err}",
+                                 error=type(err).__name__)
+                raise
             except BaseException:
                 self._teardown()
                 raise
 
+    def _report_own_loss(self) -> None:
+        """This process replaces a dead coordinator (restarted by Ray) or a dead driver's (relaunched by
+        run_main.sh): report it as a failure, timed from the last sign of life of the run."""
+        node = ray.get_runtime_context().get_node_id()
+        if self.restarted:  # pinned to the driver's node, so the dead one ran on this node too
+            for name in remove_leftovers(self.actor_id):
+                log.info("removed placement group %s of the coordinator's previous process", name)
+            self.recovery.failed("coordinator", "its process died; Ray restarted it, resuming this run", node,
+                                 counted=False, failure_time=self._last_write(), event="coordinator_restarted")
+        elif self.relaunch:
+            r = self.relaunch
+            status = r["exit_status"]
+            how = f"killed by signal {status - 128}" if status > 128 else f"exit status {status}"
+            self.recovery.failed("driver", f"exited ({how}); run_main.sh relaunched it "
+                                 f"({r['attempt']}/{r['max']}) with runner.resume_mode=auto", node,
+                                 counted=False, failure_time=r["failure_time"], event="driver_relaunched")
+
+    def _last_write(self) -> float:
+        """When the dead coordinator last wrote a step or an event: when it was last known alive."""
+        times = [p.stat().st_mtime for p in (self.metrics.path, self.events.path) if p.exists()]
+        return max(times, default=time.time())
+
     def _train(self, start_dir: str | None) -> dict[str, Any]:
         cfg, runner = self.cfg, self.cfg.runner
-        self.fleet = fleet = Fleet(cfg)
-        fleet.start()
+        self.fleet = fleet = Fleet(cfg, owner=self.actor_id)
+        t0 = time.perf_counter()
+        fleet.start(report=lambda message: self.events.emit("waiting_for_resources", message))
+        start_s = time.perf_counter() - t0  # resources, worker processes (imports), process group
         stream = BatchStream(self.dataset, cfg.data.batch_size, runner.seed)
         parts = [ActorPart(fleet), RolloutPart(fleet), DataPart(stream)]
         step = 0
         if start_dir is not None:
+            t0 = time.perf_counter()
             state = self.manager.load(start_dir, parts)
+            load_s = time.perf_counter() - t0  # every role restored; the weight sync after it is not loading
             step = int(state["global_step"])
             sync_weights(fleet)
             self.events.emit("resumed", f"Resumed from {start_dir}: next step {step + 1}",
-                             step=step, path=start_dir)
+                             step=step, path=start_dir, start_s=start_s, load_s=load_s)
         else:
-            self.events.emit("fresh_start", "No checkpoint to resume from: starting fresh at step 1")
+            self.events.emit("fresh_start", "No checkpoint to resume from: starting fresh at step 1",
+                             start_s=start_s)
+        self.recovery.resumed(step)
         self.metrics.truncate_after(step)
         if step >= runner.max_steps:
             self.events.emit("nothing_to_do", f"Nothing left to do: the checkpoint is at step {step}, "
@@ -127,13 +147,14 @@ class Coordinator:
             step += 1
             items, epoch = stream.next()
             metrics = run_step(fleet, cfg, self.task, items, step)
+            check_finite(metrics, step)
             metrics.update(epoch=epoch, consumed_samples=stream.consumed_samples)
             self.metrics.append(metrics)
-            self._note_recovered(step)
+            self.recovery.step_finished(step)
             self.manager.poll()
             notices = fleet.preemption_notices() if runner.save_on_preemption else []
             stopping = self.stop_reason is not None or bool(notices)
-            if step % max(runner.save_interval, runner.max_steps + 1) == 0 or step == runner.max_steps or stopping:
+            if step % (runner.save_interval or runner.max_steps + 1) == 0 or step == runner.max_steps or stopping:
                 t0 = time.perf_counter()
                 self.manager.save(step, parts, self._trainer_state(step, metrics, stream))
                 blocking = time.perf_counter() - t0
@@ -156,13 +177,6 @@ class Coordinator:
         self._teardown()
         if self.stop_exits_process:
             os._exit(75)  # Ray restarts the coordinator, which resumes from the step just saved
-
-    def _note_recovered(self, step: int) -> None:
-        if self.failure_time is not None:
-            seconds = time.time() - self.failure_time
-            self.events.emit("recovered", f"training again: step {step} finished {seconds:.1f}s after the failure",
-                             step=step, seconds_to_next_step=seconds)
-            self.failure_time = None
 
     def _trainer_state(self, step: int, metrics: dict[str, Any], stream: BatchStream) -> dict[str, Any]:
         cfg = self.cfg

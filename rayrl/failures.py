@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable
 
 import ray
 from ray.exceptions import (
     ActorPlacementGroupRemoved,
-    GetTimeoutError,
     LocalRayletDiedError,
     NodeDiedError,
     ObjectLostError,
@@ -18,8 +18,14 @@ from ray.exceptions import (
     WorkerCrashedError,
 )
 
+# ObjectLostError covers OwnerDiedError; RayActorError covers ActorDiedError and ActorUnavailableError.
 INFRA_ERRORS = (RayActorError, ObjectLostError, NodeDiedError, WorkerCrashedError, LocalRayletDiedError,
-                ActorPlacementGroupRemoved, OutOfMemoryError, GetTimeoutError)
+                ActorPlacementGroupRemoved, OutOfMemoryError)
+
+# After a worker raises, how long to keep watching the other calls for a death before calling it a program
+# error: a dead peer shows first as a collective error in the survivors, and a killed raylet's actors answer
+# ActorUnavailableError only after ~2-3 s. Only a real program error (the run is ending) pays this wait.
+PEER_GRACE_S = 10.0
 
 
 class InfraFailure(Exception):
@@ -29,47 +35,92 @@ class InfraFailure(Exception):
         super().__init__(f"{what}: {cause}")
         self.what, self.cause, self.node, self.preemption = what, cause, node, preemption
 
+    def __reduce__(self):  # the constructor's arguments, not the message: Ray pickles exceptions
+        return type(self), (self.what, self.cause, self.node, self.preemption)
+
 
 class ProgramError(Exception):
     """An exception raised by rayrl's or the user's code: stop, do not retry."""
 
     def __init__(self, what: str, cause: BaseException) -> None:
-        super().__init__(f"{what} raised {type(cause).__name__}: {_first_line(cause)}")
+        super().__init__(f"{what} raised {type(_unwrapped(cause)).__name__}: {_last_line(cause)}")
         self.what, self.cause = what, cause
 
+    def __reduce__(self):  # reaches the driver inside the coordinator's RayTaskError
+        return type(self), (self.what, self.cause)
 
-def _first_line(err: BaseException) -> str:
-    cause = getattr(err, "cause", None) or err
-    text = str(cause).strip().splitlines()
-    return text[-1] if text else type(cause).__name__
+
+def _unwrapped(err: BaseException) -> BaseException:
+    return getattr(err, "cause", None) or err
+
+
+def _last_line(err: BaseException, limit: int = 240) -> str:
+    """The informative line of a (possibly remote, multi-line) error message, without Ray's generic advice."""
+    lines = str(_unwrapped(err)).strip().splitlines()
+    text = lines[-1].strip() if lines else type(_unwrapped(err)).__name__
+    text = text.split(" Some common causes include")[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def classify(label: str, err: BaseException) -> InfraFailure | ProgramError:
+    """What an error from ``ray.get`` on worker ``label``'s call means for the run."""
+    if isinstance(err, RayActorError) and err.actor_init_failed:  # its __init__ raised: code, not machines
+        return ProgramError(label, err)
+    if isinstance(err, INFRA_ERRORS):
+        return InfraFailure(label, f"{type(err).__name__}: {_last_line(err)}",
+                            preemption=bool(getattr(err, "preempted", False)))
+    if isinstance(err, RayTaskError) and isinstance(err.cause, INFRA_ERRORS):
+        return InfraFailure(label, f"{type(err.cause).__name__} inside the call: {_last_line(err.cause)}")
+    return ProgramError(label, err)
+
+
+def check_finite(metrics: dict[str, float], step: int) -> None:
+    """A non-finite loss or gradient norm is a program error (diverged training, bad data): retrying from
+    the last checkpoint would diverge the same way, so stop, and name the step."""
+    bad = {k: metrics[k] for k in ("loss", "grad_norm") if k in metrics and not math.isfinite(metrics[k])}
+    if bad:
+        raise ProgramError(f"step {step}", FloatingPointError(
+            f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} (diverged? lower actor.optim.lr)"))
 
 
 def gather(refs: list[ray.ObjectRef], labels: list[str], timeout_s: float,
-           find_dead: Callable[[], list[str]]) -> list[Any]:
-    """Results of ``refs`` in order. Raises InfraFailure on a lost worker/object or a hang past
-    ``timeout_s``, ProgramError on an exception in worker code (after checking, with ``find_dead``,
-    that no worker died: a peer's death surfaces first as a collective error in the survivors)."""
+           find_dead: Callable[[], list[str]], grace_s: float = PEER_GRACE_S) -> list[Any]:
+    """Results of ``refs`` in order.
+
+    Raises InfraFailure as soon as a call fails for a lost worker, node or object (ActorUnavailableError
+    included: the call is lost either way, so there is nothing to gain from waiting for the GCS to declare
+    the node dead), or when calls make no progress within ``timeout_s`` (a hang). Raises ProgramError for an
+    exception in worker code, but only after ``grace_s`` in which no other call failed for infrastructure
+    and ``find_dead`` found no dead worker.
+    """
     pending = dict(zip(refs, labels))
     results: dict[ray.ObjectRef, Any] = {}
     deadline = time.monotonic() + timeout_s
+    program_error: ProgramError | None = None
     while pending:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise InfraFailure(", ".join(sorted(set(pending.values()))),
-                               f"no progress within step_timeout_s={timeout_s:g} (hang)")
+            break
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=remaining)
         for ref in ready:
             label = pending.pop(ref)
             try:
                 results[ref] = ray.get(ref)
-            except INFRA_ERRORS as err:
-                raise InfraFailure(label, f"{type(err).__name__}: {_first_line(err)}",
-                                   preemption=bool(getattr(err, "preempted", False))) from err
-            except RayTaskError as err:
-                if isinstance(getattr(err, "cause", None), INFRA_ERRORS):
-                    raise InfraFailure(label, f"{type(err.cause).__name__}") from err
-                dead = find_dead()
-                if dead:
-                    raise InfraFailure(dead[0], f"died (seen by {label} as {type(err.cause).__name__})") from err
-                raise ProgramError(label, err) from err
+            except Exception as err:  # noqa: BLE001 - classified below
+                verdict = classify(label, err)
+                if isinstance(verdict, InfraFailure):
+                    if program_error is not None:
+                        verdict.cause += f" (seen first by {program_error})"
+                    raise verdict from err
+                if program_error is None:
+                    program_error = verdict
+                    deadline = min(deadline, time.monotonic() + grace_s)
+    if program_error is not None:
+        dead = find_dead()
+        if dead:
+            raise InfraFailure(dead[0], f"worker lost (seen first by {program_error})") from program_error.cause
+        raise program_error from program_error.cause
+    if pending:
+        raise InfraFailure(", ".join(sorted(set(pending.values()))),
+                           f"no progress within runner.step_timeout_s={timeout_s:g} s (hang)")
     return [results[r] for r in refs]

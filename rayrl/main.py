@@ -79,7 +79,18 @@ def _launch(cfg):
     return ray.remote(Coordinator).options(
         num_cpus=0, max_concurrency=2, max_restarts=max(1, cfg.runner.max_restarts), max_task_retries=-1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),  # the driver's node
-    ).remote(cfg)
+    ).remote(cfg, _relaunch_info())
+
+
+def _relaunch_info() -> dict | None:
+    """What run_main.sh says about the driver it relaunches this one for (it exports these): the coordinator
+    reports that loss as a failure and times the recovery from the moment the previous driver died."""
+    try:
+        return {"attempt": int(os.environ["RAYRL_RELAUNCH"]), "max": int(os.environ["RAYRL_RELAUNCH_MAX"]),
+                "exit_status": int(os.environ["RAYRL_RELAUNCH_EXIT"]),
+                "failure_time": float(os.environ["RAYRL_RELAUNCH_TIME"])}
+    except (KeyError, ValueError):
+        return None
 
 
 def _wait_showing_progress(ref, cfg):
@@ -100,7 +111,6 @@ def run(cfg) -> int:
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
-    from rayrl.config import ConfigError
     from rayrl.coordinator import RunFailed
 
     temp_dir = _init_ray(cfg)
@@ -115,15 +125,21 @@ def run(cfg) -> int:
         log.info("rayrl: done at step %d", result["final_step"])
         return EXIT_OK
     except KeyboardInterrupt:
-        log.warning("rayrl: interrupted; stopping workers")
+        from rayrl.runlog import EventLog
+
+        # the finally below kills the coordinator; its workers and placement groups fate-share with it
+        EventLog(Path(cfg.runner.log_path)).emit("interrupted", "interrupted by the user: stopping the "
+                                                 "coordinator, its workers and their placement groups")
+        log.warning("rayrl: interrupted; stopping the coordinator and its workers")
         return EXIT_INTERRUPTED
     except RayTaskError as err:
         cause = err.cause
         if isinstance(cause, RunFailed):
             print(f"rayrl: {cause}", file=sys.stderr)
             return EXIT_FAILED
-        if isinstance(cause, ConfigError):  # e.g. a checkpoint that does not fit the configured model
-            return _config_error(str(cause))
+        config_error = _config_error_in(cause)
+        if config_error is not None:  # e.g. a checkpoint that does not fit the configured model
+            return _config_error(str(config_error))
         print(f"rayrl: program error: {type(cause).__name__}: {cause}", file=sys.stderr)
         return EXIT_PROGRAM
     except RayActorError as err:
@@ -135,6 +151,21 @@ def run(cfg) -> int:
         ray.shutdown()
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _config_error_in(err: BaseException | None) -> BaseException | None:
+    """A ConfigError however deeply it arrives wrapped: a worker's error reaches the driver as
+    RayTaskError -> the coordinator's ProgramError -> RayTaskError -> ConfigError."""
+    from rayrl.config import ConfigError
+
+    for _ in range(10):  # bounded: a cycle of causes must not hang the driver
+        if err is None:
+            return None
+        inner = getattr(err, "cause", None)  # RayTaskError's (itself also a ConfigError when wrapping one)
+        if inner is None and isinstance(err, ConfigError):
+            return err
+        err = inner if inner is not None else err.__cause__
+    return None
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -50,12 +50,14 @@ def spawn_rayrl(output_dir: Path, *overrides: str, env: dict | None = None, cmd:
                 ) -> subprocess.Popen:
     """Start the driver in its own session (so a kill can take its whole process group)."""
     log = tempfile.NamedTemporaryFile("w+", prefix="rayrl-test-", suffix=".log", delete=False)
-    return subprocess.Popen(cmd or rayrl_cmd(output_dir, *overrides), cwd=REPO, env=env or env_for_tests(),
+    proc = subprocess.Popen(cmd or rayrl_cmd(output_dir, *overrides), cwd=REPO, env=env or env_for_tests(),
                             stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc.log_path = log.name  # Popen.stdout is None when output goes to a file
+    return proc
 
 
 def output_of(proc: subprocess.Popen) -> str:
-    return Path(proc.stdout.name).read_text()
+    return Path(proc.log_path).read_text()
 
 
 def kill_session(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
@@ -115,3 +117,178 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"weights differ at {k}"
+
+
+def checkpoints_dir(output_dir: Path) -> Path:
+    return run_dir(output_dir) / "checkpoints"
+
+
+def copy_run(src_output_dir: Path, dst_output_dir: Path) -> Path:
+    """A copy of a finished run (checkpoints, metrics, events) to start another run from; returns its run dir."""
+    import shutil
+
+    dst_output_dir.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copytree(run_dir(src_output_dir), run_dir(dst_output_dir)))
+
+
+def read_events(output_dir: Path) -> list[dict]:
+    path = run_dir(output_dir) / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_rayrl_split(output_dir: Path, *overrides: str, timeout: float = 300, cmd: list[str] | None = None
+                    ) -> subprocess.CompletedProcess:
+    """Run the driver to completion with stdout and stderr kept apart (exit-2 checks read stderr alone)."""
+    return subprocess.run(cmd or rayrl_cmd(output_dir, *overrides), cwd=REPO, env=env_for_tests(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+
+
+def rayrl_stderr_lines(stderr: str) -> list[str]:
+    """rayrl's own stderr lines (Ray prints a start-up warning of its own there)."""
+    return [line for line in stderr.splitlines() if line.startswith("rayrl:")]
+
+
+# ---------------------------------------------------------------- recovery tests: processes, signals, events
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process (Ray actors show as ``ray::Class.method``)."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        table[int(entry)] = (int(stat[stat.rfind(")") + 2:].split()[1]), cmd.strip())
+    return table
+
+
+def descendants(root_pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process below ``root_pid`` (a driver, a run_main.sh, a raylet):
+    only this test's processes, never another run's on the same machine."""
+    table = process_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out, stack = [], [root_pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            out.append((child, table[child][1]))
+            stack.append(child)
+    return out
+
+
+def _title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def pid_busy_in(root_pid: int, title: str, timeout: float = 120) -> int:
+    """The pid of a Ray actor below ``root_pid`` whose process title is ``title`` *now*: Ray titles an
+    actor ``ray::Class.method`` while it runs that method, so ``ray::ActorWorker.train_step`` is a rank
+    in the middle of a training step. Polls fast: some calls last only milliseconds."""
+    cls = title.split(".")[0]
+    deadline = time.monotonic() + timeout
+    candidates: list[int] = []
+    next_scan = 0.0
+    while time.monotonic() < deadline:
+        if time.monotonic() >= next_scan:  # the actors change after a recovery
+            candidates = [pid for pid, cmd in descendants(root_pid) if cmd.split(" ")[0].startswith(cls)]
+            next_scan = time.monotonic() + 1.0
+        for pid in candidates:
+            if _title(pid).startswith(title):
+                return pid
+        time.sleep(0.001)
+    raise TimeoutError(f"no process titled {title!r} below pid {root_pid} within {timeout:.0f}s")
+
+
+def events_named(output_dir: Path, name: str) -> list[dict]:
+    try:
+        return [e for e in read_events(output_dir) if e["event"] == name]
+    except FileNotFoundError:
+        return []
+
+
+def last_step(output_dir: Path) -> int:
+    try:
+        return max((m["step"] for m in read_metrics(output_dir)), default=0)
+    except FileNotFoundError:
+        return 0
+
+
+def wait_running(proc: subprocess.Popen, predicate, timeout: float, what: str):
+    """wait_until, failing at once (with the run's output) if the run ends first."""
+    def check():
+        value = predicate()
+        if not value and proc.poll() is not None:
+            raise AssertionError(f"run ended (rc {proc.returncode}) before {what}:\n{output_of(proc)[-3000:]}")
+        return value
+
+    return wait_until(check, timeout, what, interval=0.02)
+
+
+def kill_processes_below(root_pid: int) -> None:
+    """SIGKILL what a test left running below ``root_pid`` (Ray's agents outlive a killed driver)."""
+    for pid, _ in descendants(root_pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def session_processes(sid: int) -> list[int]:
+    out = []
+    for pid in process_table():
+        try:
+            if os.getsid(pid) == sid:
+                out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+def kill_whole_session(proc: subprocess.Popen) -> None:
+    """SIGKILL every process of the test run's session, orphans included (a killed driver leaves some)."""
+    for pid in session_processes(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+_UNINTERRUPTED: dict[tuple[str, ...], Path] = {}
+
+
+def uninterrupted_run(tmp_path_factory, *overrides: str) -> Path:
+    """One uninterrupted run per config for the whole session: every recovery test compares against it."""
+    if overrides not in _UNINTERRUPTED:
+        out = tmp_path_factory.mktemp("uninterrupted")
+        proc = run_rayrl(out, *overrides, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        _UNINTERRUPTED[overrides] = out
+    return _UNINTERRUPTED[overrides]
+
+
+# The config every recovery test runs (and compares with one uninterrupted run of): 20 steps of ~0.15 s,
+# a checkpoint every 4, so that kills land mid-run after a checkpoint and the run still has steps to go.
+RECOVERY_STEPS = ("runner.max_steps=20", "runner.save_interval=4")
+
+
+def recovery_times(output_dir: Path, killed_at: list[float] | None = None) -> list[str]:
+    """One line per recovery: what died, the step resumed from, the seconds to the next finished step as
+    the run measured them (from when it saw the failure) and, given the kill times, as the test saw them."""
+    lines = []
+    for i, e in enumerate(events_named(output_dir, "recovered")):
+        seen = f", {e['time'] - killed_at[i]:.1f} s after the kill" if killed_at and i < len(killed_at) else ""
+        lines.append(f"{e['what']}: resumed from step {e['resumed_from']}, step {e['step']} finished "
+                     f"{e['seconds_to_next_step']:.1f} s after the failure{seen}")
+    return lines

@@ -17,10 +17,12 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from rayrl.algorithms.grpo import policy_loss
+from rayrl.checkpoint.compat import model_mismatch
 from rayrl.checkpoint.manifest import file_digest
 from rayrl.checkpoint.rng import capture_rng_state, restore_rng_state
 from rayrl.checkpoint.safe_io import load_torch, save_torch
 from rayrl.checkpoint.sharded import ShardedCheckpointIO
+from rayrl.config import ConfigError
 from rayrl.models.forward import response_logprobs
 from rayrl.workers.base import WorkerBase
 from rayrl.workers.policy import build_optimizer, build_scheduler, build_sharded_policy
@@ -110,27 +112,37 @@ class ActorWorker(WorkerBase):
         os.makedirs(directory, exist_ok=True)
         extra = {"rng": capture_rng_state(), "lr_scheduler": self.scheduler.state_dict(),
                  "world_size": self.world_size}
-        save_torch(extra, os.path.join(directory, EXTRA_STATE_FILE.format(rank=self.rank)))
-        self._save_dir, self._save_digests = directory, None
+        extra_name = EXTRA_STATE_FILE.format(rank=self.rank)
+        save_torch(extra, os.path.join(directory, extra_name))
+        self._extra_digest = {extra_name: file_digest(os.path.join(directory, extra_name))}
+        self._save_digests = None
         self.ckpt.save(directory, self._dcp_state(), async_save)
         return None if async_save else self.checkpoint_status(block=True)
 
     def checkpoint_status(self, block: bool) -> dict[str, dict] | None:
-        """Digests of the last save once its files are on disk (re-raising a background error), else None."""
+        """Digests of the last save once its files are on disk (re-raising a background error), else None.
+        The shards are hashed in the background, so a finished save costs this call nothing."""
         if self._save_digests is None:
             if not block and not self.ckpt.done():
                 return None
-            self.ckpt.wait()
-            self._save_digests = self._digests(self._save_dir)
+            shards = self.ckpt.wait()
+            if shards is None:
+                raise RuntimeError("checkpoint_status: no checkpoint save was started on this rank")
+            self._save_digests = {**shards, **self._extra_digest}
         return self._save_digests
-
-    def _digests(self, directory: str) -> dict[str, dict]:
-        names = self.ckpt.written_files(directory) + [EXTRA_STATE_FILE.format(rank=self.rank)]
-        return {name: file_digest(os.path.join(directory, name)) for name in names}
 
     def load_checkpoint(self, directory: str) -> None:
         """Load shards (resharding to this world size) and this rank's extra state."""
         state = self._dcp_state()
+        # Read the metadata safely and check the shapes before DCP's own (unrestricted) unpickling and its
+        # collectives: every rank sees the same files, so every rank refuses alike and none waits for the others.
+        mismatch = model_mismatch(directory, {k: v.shape for k, v in state[MODEL_KEY].items()}, MODEL_KEY)
+        if mismatch is not None:
+            step_dir = os.path.dirname(os.path.abspath(directory))
+            explicit = self.cfg.runner.resume_dir
+            key = ("runner.resume_dir" if explicit and os.path.realpath(explicit) == os.path.realpath(step_dir)
+                   else "actor.model")
+            raise ConfigError(f"{key}: checkpoint {step_dir} does not fit actor.model: {mismatch}")
         self.ckpt.load(directory, state)
         set_state_dict(self.model, self.optimizer,
                        model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIMIZER_KEY])

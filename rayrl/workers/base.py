@@ -6,9 +6,14 @@ import logging
 import os
 import signal
 import socket
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
+
+# TEST-ONLY fault hook (tests/test_recovery_*.py): a rollout worker hangs in this step, once per run.
+TEST_HANG_ENV = "RAYRL_TEST_HANG_AT_STEP"
 
 
 class WorkerBase:
@@ -24,7 +29,7 @@ class WorkerBase:
         if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES"):
             torch.cuda.set_device(0)
         try:
-            signal.signal(signal.SIGTERM, self._on_sigterm)
+            signal.signal(signal.SIGTERM, self._on_sigterm)  # replaces Ray's handler, which would exit
         except ValueError:  # not the main thread (threaded actors): no notice handling
             pass
 
@@ -33,9 +38,11 @@ class WorkerBase:
         self.preemption_notice = True
 
     def ping(self) -> dict[str, Any]:
-        """Liveness probe plus what the coordinator needs to know to act on a notice."""
+        """Liveness probe plus what the coordinator needs to act on a notice and to say where a failure was."""
+        import ray
+
         return {"role": self.role, "index": self.index, "pid": os.getpid(),
-                "preemption_notice": self.preemption_notice}
+                "node": ray.get_runtime_context().get_node_id(), "preemption_notice": self.preemption_notice}
 
     def rendezvous_address(self, bind_localhost: bool) -> tuple[str, int]:
         """An address and a free port on this node for the group's store (127.0.0.1 on a single node)."""
@@ -45,3 +52,15 @@ class WorkerBase:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((host, 0))
             return host, s.getsockname()[1]
+
+    def test_fault_hook(self, step: int) -> None:
+        """TEST-ONLY: with RAYRL_TEST_HANG_AT_STEP=N in the environment, hang forever in step N, once per run
+        directory (a marker file), so that a test can show runner.step_timeout_s catching a hang."""
+        if os.environ.get(TEST_HANG_ENV) != str(step):
+            return
+        try:
+            (Path(self.cfg.runner.log_path) / f".test-hang-{step}").open("x").close()
+        except FileExistsError:
+            return
+        while True:
+            time.sleep(3600)

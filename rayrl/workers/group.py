@@ -4,48 +4,47 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Any, Callable
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from rayrl.failures import InfraFailure
+
 log = logging.getLogger(__name__)
-
-
-class ResourcesUnavailable(RuntimeError):
-    """The cluster did not offer a group's resources within the wait bound."""
 
 
 class WorkerGroup:
     """``size`` actors of ``cls``, one per bundle of a placement group; calls fan out and return refs."""
 
     def __init__(self, name: str, cls: type, size: int, num_cpus: float, num_gpus: float,
-                 strategy: str = "PACK") -> None:
+                 strategy: str = "PACK", owner: str = "") -> None:
+        """``owner`` tags the placement group's name (``rayrl-<owner>-<name>-<unique>``) so that a restarted
+        coordinator can find and remove the groups its dead predecessor left (see remove_leftovers)."""
         self.name, self.cls, self.size = name, cls, size
         bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus > 0 else {})}
         self.bundle, self.num_cpus, self.num_gpus = bundle, num_cpus, num_gpus
         self.pg = placement_group([dict(bundle) for _ in range(size)], strategy=strategy,
-                                  name=f"rayrl-{name}")
+                                  name=f"{_prefix(owner)}{name}-{uuid.uuid4().hex[:8]}")
         self.workers: list[ray.actor.ActorHandle] = []
 
-    def wait_ready(self, timeout_s: float) -> None:
-        """Wait for the placement group, logging what is awaited; raise ResourcesUnavailable past the bound."""
-        deadline = time.monotonic() + timeout_s
-        next_log = 0.0
-        while True:
-            ready, _ = ray.wait([self.pg.ready()], timeout=min(5.0, max(0.1, deadline - time.monotonic())))
-            if ready:
-                return
+    def wait_ready(self, timeout_s: float, report: Callable[[str], None] = log.info) -> None:
+        """Wait for the placement group, reporting what is awaited every so often. Past the bound it is an
+        infrastructure failure (counted against runner.max_restarts): the cluster may still grow back."""
+        start = time.monotonic()
+        next_report = start + 2.0  # quiet when the resources are there at once
+        ready_ref = self.pg.ready()
+        while not ray.wait([ready_ref], timeout=1.0)[0]:
             now = time.monotonic()
-            if now >= deadline:
-                raise ResourcesUnavailable(
-                    f"{self.name}: {self.size} x {self.bundle} not available within {timeout_s:.0f} s "
-                    f"(cluster has {ray.available_resources()})")
-            if now >= next_log:
-                log.info("waiting for resources for %s: %d x %s (available: %s)",
-                         self.name, self.size, self.bundle, ray.available_resources())
-                next_log = now + 10.0
+            if now - start >= timeout_s:
+                raise InfraFailure(self.name, f"resources {self.size} x {self.bundle} not available within "
+                                   f"runner.resource_wait_s={timeout_s:g} s (free: {_free()})")
+            if now >= next_report:
+                report(f"waiting for resources for {self.name}: {self.size} x {self.bundle} "
+                       f"({now - start:.0f} s of runner.resource_wait_s={timeout_s:g}; free: {_free()})")
+                next_report = now + 15.0
 
     def spawn(self, make_args: Callable[[int], tuple]) -> None:
         """Create one actor per bundle; ``make_args(i)`` gives actor i's constructor arguments."""
@@ -86,3 +85,30 @@ class WorkerGroup:
             except Exception:
                 pass
             self.pg = None
+
+
+def _free() -> dict[str, float]:
+    """The cluster's free resources, without placement-group and per-node bookkeeping entries."""
+    return {k: v for k, v in ray.available_resources().items()
+            if k not in ("memory", "object_store_memory") and "_group_" not in k and not k.startswith("node:")}
+
+
+def _prefix(owner: str) -> str:
+    return f"rayrl-{owner}-"
+
+
+def remove_leftovers(owner: str) -> list[str]:
+    """Remove the placement groups a previous incarnation of ``owner`` created; returns their names.
+
+    Ray removes a placement group with its creator only once the creator is dead for good: when it restarts
+    the creator (the coordinator, after its process died), the old groups stay and hold their resources."""
+    removed = []
+    for info in ray.util.placement_group_table().values():
+        name = info.get("name", "")
+        if name.startswith(_prefix(owner)) and info.get("state") != "REMOVED":
+            try:
+                remove_placement_group(ray.util.get_placement_group(name))
+                removed.append(name)
+            except ValueError:  # removed in the meantime
+                pass
+    return removed

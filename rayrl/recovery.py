@@ -1,0 +1,88 @@
+"""The run's failure history, restart budget and backoff, and the events that tell about them.
+
+Plain Python (no Ray): the coordinator reports each failure and each finished step; this decides whether
+the budget allows another recovery and writes one events.jsonl line per failure and per recovery.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rayrl.runlog import EventLog
+
+MAX_BACKOFF_S = 30.0
+
+
+class RunFailed(RuntimeError):
+    """Recovery budget exhausted; the message carries the history of what died."""
+
+
+@dataclass
+class _Pending:
+    """The failure being recovered from, until the next step finishes."""
+
+    failure_time: float
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def short(node: str | None) -> str:
+    return node[:8] if node else "?"
+
+
+class Recovery:
+    """Counts recoveries against ``max_restarts`` (preemptions are free) and measures each one."""
+
+    def __init__(self, events: EventLog, max_restarts: int, backoff_s: float) -> None:
+        self.events, self.max_restarts, self.backoff_s = events, max_restarts, backoff_s
+        self.restarts = 0
+        self.history: list[str] = []
+        self._pending: _Pending | None = None
+
+    def failed(self, what: str, cause: str, node: str | None, pid: int | None = None, preemption: bool = False,
+               counted: bool = True, failure_time: float | None = None, event: str = "failure") -> float:
+        """Record a failure; returns the backoff to sleep before rebuilding, or raises RunFailed past the
+        budget. Preemptions are not counted, nor (``counted=False``) losses that another budget bounds (the
+        coordinator's: Ray's max_restarts; the driver's: run_main.sh's). A failure during a recovery keeps
+        the first one's time: the clock runs until training does."""
+        failure_time = failure_time or time.time()
+        if self._pending is None:
+            self._pending = _Pending(failure_time)
+        counted = counted and not preemption
+        self.restarts += counted
+        where = f"node {short(node)}" + (f", pid {pid}" if pid else "")
+        self.history.append(f"{time.strftime('%H:%M:%S', time.localtime(failure_time))} {what} ({where}): {cause}")
+        fields = {"what": what, "cause": cause, "node": node, "pid": pid, "preemption": preemption}
+        self._pending.fields = fields
+        if self.restarts > self.max_restarts:
+            self.events.emit("failure", f"{what} ({where}) failed: {cause}", **fields, counted=counted,
+                             restarts=self.restarts, max_restarts=self.max_restarts)
+            message = f"run failed: recovery budget spent (runner.max_restarts={self.max_restarts})"
+            self.events.emit("run_failed", message, history=self.history)
+            raise RunFailed(f"{message}; what died:\n  " + "\n  ".join(self.history))
+        delay = min(MAX_BACKOFF_S, self.backoff_s * 2 ** (self.restarts - 1)) if counted else 0.0
+        budget = (f"recovery {self.restarts}/{self.max_restarts}" if counted
+                  else "not counted against runner.max_restarts")
+        self.events.emit(event, f"{what} ({where}) failed: {cause}; recovering from the latest checkpoint "
+                         f"({budget}{f', backoff {delay:.1f} s' if delay else ''})",
+                         **fields, counted=counted, restarts=self.restarts, max_restarts=self.max_restarts,
+                         backoff_s=delay)
+        return delay
+
+    def resumed(self, step: int) -> None:
+        """The rebuilt fleet holds the state of ``step`` (0: a fresh start)."""
+        if self._pending is not None:
+            self._pending.fields["resumed_from"] = step
+
+    def step_finished(self, step: int) -> None:
+        """The first finished step after a failure closes the recovery with its duration."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        seconds = time.time() - pending.failure_time
+        f = pending.fields
+        self.events.emit(
+            "recovered", f"recovered from the loss of {f['what']} (node {short(f['node'])}): resumed from step "
+            f"{f.get('resumed_from', 0)}, step {step} finished {seconds:.1f} s after the failure",
+            **f, step=step, seconds_to_next_step=seconds)

@@ -1,0 +1,72 @@
+"""The restart budget and the events that tell about failures and recoveries (rayrl.recovery), and the
+non-finite-loss check: plain Python, no Ray."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from rayrl.failures import InfraFailure, ProgramError, check_finite
+from rayrl.recovery import MAX_BACKOFF_S, Recovery, RunFailed
+from rayrl.runlog import EventLog, read_jsonl
+
+
+@pytest.fixture
+def events(tmp_path):
+    return EventLog(tmp_path)
+
+
+def _named(events: EventLog, name: str) -> list[dict]:
+    return [e for e in read_jsonl(events.path) if e["event"] == name]
+
+
+def test_counted_failures_back_off_exponentially_and_preemptions_are_free(events):
+    r = Recovery(events, max_restarts=6, backoff_s=4.0)
+    assert r.failed("actor[0]", "died", "n1") == 4.0
+    assert r.failed("actor[0]", "notice", "n1", preemption=True) == 0.0
+    assert r.failed("coordinator", "restarted", "n1", counted=False, event="coordinator_restarted") == 0.0
+    assert [r.failed("rollout[0]", "died", "n2") for _ in range(4)] == [8.0, 16.0, MAX_BACKOFF_S, MAX_BACKOFF_S]
+    assert r.restarts == 5
+    assert [e["counted"] for e in _named(events, "failure")] == [True, False, True, True, True, True]
+
+
+def test_past_the_budget_the_run_fails_with_the_history(events):
+    r = Recovery(events, max_restarts=1, backoff_s=0.0)
+    r.failed("rollout[0]", "ActorDiedError: killed", "node-aaaaaaaaaa", pid=11)
+    with pytest.raises(RunFailed) as caught:
+        r.failed("actor[1]", "hang", "node-bbbbbbbbbb", pid=12)
+    message = str(caught.value)
+    assert message.startswith("run failed: recovery budget spent (runner.max_restarts=1); what died:")
+    assert "rollout[0] (node node-aaa, pid 11): ActorDiedError: killed" in message
+    assert "actor[1] (node node-bbb, pid 12): hang" in message
+    (failed,) = _named(events, "run_failed")
+    assert len(failed["history"]) == 2
+
+
+def test_a_recovery_is_one_event_with_what_died_where_the_step_and_the_seconds(events):
+    r = Recovery(events, max_restarts=3, backoff_s=0.0)
+    r.failed("reference[0]", "ActorDiedError", "node-1", pid=7, failure_time=1.0)
+    r.failed("actor[0]", "died again while rebuilding", "node-2")  # the clock keeps the first failure's time
+    r.resumed(8)
+    r.step_finished(9)
+    r.step_finished(10)  # no recovery pending: nothing more
+    (e,) = _named(events, "recovered")
+    assert (e["what"], e["node"], e["resumed_from"], e["step"]) == ("actor[0]", "node-2", 8, 9)
+    assert e["seconds_to_next_step"] > 1e9  # measured from time 1.0 (the first failure), not the second
+    assert "resumed from step 8, step 9 finished" in e["message"]
+
+
+def test_failures_survive_pickling_as_ray_ships_them():
+    infra = pickle.loads(pickle.dumps(InfraFailure("actor[1]", "hang", "n", True)))
+    assert (infra.what, infra.cause, infra.node, infra.preemption) == ("actor[1]", "hang", "n", True)
+    program = pickle.loads(pickle.dumps(ProgramError("rollout[0]", ValueError("bad row 3"))))
+    assert str(program) == "rollout[0] raised ValueError: bad row 3" and isinstance(program.cause, ValueError)
+
+
+def test_a_non_finite_loss_or_gradient_is_a_program_error():
+    check_finite({"loss": 0.5, "grad_norm": 1.0}, step=3)
+    with pytest.raises(ProgramError, match=r"step 3 raised FloatingPointError: non-finite loss=nan"):
+        check_finite({"loss": float("nan"), "grad_norm": 1.0}, step=3)
+    with pytest.raises(ProgramError, match=r"non-finite grad_norm=inf"):
+        check_finite({"loss": 0.1, "grad_norm": float("inf")}, step=4)

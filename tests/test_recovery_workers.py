@@ -1,0 +1,88 @@
+"""In-job recovery from the loss of a worker: SIGKILL of a rollout worker, of one actor rank and of the
+reference worker, each in the middle of its part of a step; SIGTERM (a preemption notice) to a worker; a
+hung worker. Each is detected, the fleet is rebuilt from this run's latest checkpoint, and the run ends with
+exit 0 and the same weights and per-step rewards, bit for bit, as a run that was never interrupted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.support import (
+    RECOVERY_STEPS, assert_same_weights, env_for_tests, events_named, final_weights, kill_session, last_step,
+    output_of, pid_busy_in, recovery_times, rewards, spawn_rayrl, tracker_step, uninterrupted_run, wait_running,
+)
+
+pytestmark = pytest.mark.slow
+
+# (process title while busy mid-step, the worker's label in events, checkpoint to wait for before the kill)
+KILLS = [("ray::RolloutWorker.generate", "rollout[0]", 4),
+         ("ray::ActorWorker.train_step", "actor[", 8),
+         ("ray::ReferenceWorker.logprobs", "reference[0]", 12)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return uninterrupted_run(tmp_path_factory, *RECOVERY_STEPS)
+
+
+def test_sigkill_of_each_worker_role_mid_step(reference, tmp_path):
+    proc = spawn_rayrl(tmp_path, *RECOVERY_STEPS, "runner.max_restarts=3")
+    killed_at = []
+    try:
+        for n, (title, _, checkpoint) in enumerate(KILLS):
+            wait_running(proc, lambda: (tracker_step(tmp_path) or 0) >= checkpoint and
+                         len(events_named(tmp_path, "recovered")) == n, 300, f"checkpoint of step {checkpoint}")
+            os.kill(pid_busy_in(proc.pid, title, timeout=60), signal.SIGKILL)
+            killed_at.append(time.time())
+            wait_running(proc, lambda: len(events_named(tmp_path, "recovered")) > n, 300, f"recovery {n + 1}")
+        rc = proc.wait(timeout=300)
+    finally:
+        kill_session(proc)
+    out = output_of(proc)
+    assert rc == 0, out[-3000:]
+    failures = events_named(tmp_path, "failure")
+    assert len(failures) == 3 and all(f["what"].startswith(label) for f, (_, label, _) in zip(failures, KILLS))
+    assert all(f["counted"] and f["node"] and f["pid"] for f in failures), failures
+    recovered = events_named(tmp_path, "recovered")
+    for e, (_, _, checkpoint) in zip(recovered, KILLS):
+        assert e["resumed_from"] >= checkpoint and e["resumed_from"] % 4 == 0, e
+        assert 0 < e["seconds_to_next_step"] < 300, e
+    assert "recovering from the latest checkpoint" in out and "recovered from the loss of actor[" in out
+    assert rewards(tmp_path) == rewards(reference)  # every step once, same values
+    assert_same_weights(final_weights(tmp_path, 20), final_weights(reference, 20))
+    print("\n".join(["", *recovery_times(tmp_path, killed_at)]))
+
+
+def test_sigterm_saves_the_current_step_and_a_hang_hits_the_step_timeout(reference, tmp_path):
+    """One run, budget 1: SIGTERM to an actor rank (a preemption notice) saves the step it is in, off the
+    save grid, and recovers from it without spending the budget; then a rollout worker hangs in step 14
+    (test-only hook) and runner.step_timeout_s catches it, spending the one counted recovery."""
+    env = env_for_tests(RAYRL_TEST_HANG_AT_STEP="14")
+    proc = spawn_rayrl(tmp_path, *RECOVERY_STEPS, "runner.max_restarts=1", "runner.step_timeout_s=8", env=env)
+    try:
+        wait_running(proc, lambda: (tracker_step(tmp_path) or 0) >= 4 and last_step(tmp_path) >= 5, 300,
+                     "step 5, after the checkpoint of step 4")
+        os.kill(pid_busy_in(proc.pid, "ray::ActorWorker"), signal.SIGTERM)
+        noticed_after = last_step(tmp_path)
+        rc = proc.wait(timeout=400)
+    finally:
+        kill_session(proc)
+    out = output_of(proc)
+    assert rc == 0, out[-3000:]
+    preempted, hung = events_named(tmp_path, "failure")
+    assert preempted["preemption"] and not preempted["counted"], preempted
+    assert "preemption notice (SIGTERM)" in preempted["cause"] and preempted["what"].startswith("actor[")
+    saved = [e["step"] for e in events_named(tmp_path, "save")]
+    first, second = events_named(tmp_path, "recovered")
+    # no step lost: every step finished when the notice came is in the checkpoint taken at the next boundary
+    assert noticed_after <= first["resumed_from"] <= noticed_after + 2 and first["resumed_from"] in saved, (
+        first, noticed_after, saved)
+    assert hung["what"] == "rollout[0]" and "no progress within runner.step_timeout_s=8" in hung["cause"], hung
+    assert hung["counted"] and hung["restarts"] == 1 and second["resumed_from"] == 12, (hung, second)
+    assert rewards(tmp_path) == rewards(reference)
+    assert_same_weights(final_weights(tmp_path, 20), final_weights(reference, 20))
+    print("\n".join(["", *recovery_times(tmp_path)]))
