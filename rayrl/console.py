@@ -4,53 +4,27 @@ ends) makes the console output complete and the same on a laptop and on a cluste
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TextIO
 
-from rayrl.runlog import EVENTS_FILE, METRICS_FILE
-
-
-class _Follower:
-    """New complete lines of a file that grows by appends (and may be rewritten shorter on resume)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = path.stat().st_size if path.exists() else 0
-
-    def new_records(self) -> list[dict]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(0, 2)
-                if f.tell() < self.offset:  # rewritten on resume: follow from its new end
-                    self.offset = f.tell()
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        complete = data[: data.rfind(b"\n") + 1]
-        self.offset += len(complete)
-        out = []
-        for line in complete.splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
+from rayrl.runlog import EVENTS_FILE, METRICS_FILE, JsonlFollower
 
 
 class Console:
     def __init__(self, run_dir: Path, max_steps: int, out: TextIO = sys.stdout) -> None:
-        self.metrics = _Follower(run_dir / METRICS_FILE)
-        self.events = _Follower(run_dir / EVENTS_FILE)
+        self.metrics = JsonlFollower(run_dir / METRICS_FILE)
+        self.events = JsonlFollower(run_dir / EVENTS_FILE)
         self.max_steps, self.out = max_steps, out
 
     def poll(self) -> None:
-        for e in self.events.new_records():
-            self.out.write(f"[rayrl] {e.get('message', e.get('event'))}\n")
-        for m in self.metrics.new_records():
-            self.out.write(
-                f"step {m['step']:>4}/{self.max_steps}  reward {m['reward_mean']:.3f}  loss {m['loss']:+.4f}  "
-                f"kl {m['kl']:.4f}  {m['time_s']:.2f}s\n")
+        """Print what landed since the last poll, steps and events in the order they happened."""
+        records = [(e.get("time", 0.0), 0, e) for e in self.events.new_records()]
+        records += [(m.get("time", 0.0), 1, m) for m in self.metrics.new_records()]
+        for _, is_step, r in sorted(records, key=lambda x: (x[0], x[1])):
+            self.out.write(self._step_line(r) if is_step else f"[rayrl] {r.get('message', r.get('event'))}\n")
         self.out.flush()
+
+    def _step_line(self, m: dict) -> str:
+        return (f"step {m['step']:>4}/{self.max_steps}  reward {m['reward_mean']:.3f}  loss {m['loss']:+.4f}  "
+                f"kl {m['kl']:.4f}  {m['time_s']:.2f}s\n")

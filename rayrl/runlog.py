@@ -40,6 +40,34 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return out
 
 
+class JsonlFollower:
+    """New complete lines of a file that grows by appends (and may be rewritten shorter on resume)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def new_records(self) -> list[dict]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(0, 2)
+                if f.tell() < self.offset:  # rewritten on resume: follow from its new end
+                    self.offset = f.tell()
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        complete = data[: data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        out = []
+        for line in complete.splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+
 class MetricsLog:
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / METRICS_FILE
@@ -60,10 +88,12 @@ class MetricsLog:
             log.info("metrics.jsonl: dropped %d record(s) after step %d", len(records) - len(kept), step)
 
     def append(self, record: dict[str, Any]) -> None:
+        """Record a finished step, stamped with the wall time it finished at."""
+        record = {**record, "time": time.time()}
         _append_line(self.path, record)
         if self._tb is not None:
             for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step":
+                if isinstance(value, (int, float)) and key not in ("step", "time"):
                     self._tb.add_scalar(key, value, record["step"])
             self._tb.flush()
 
