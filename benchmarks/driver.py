@@ -7,7 +7,6 @@ time of their own).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,34 +17,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks.common import CONFIG, REPO
+from rayrl.runlog import JsonlFollower
 
 POLL_S = 0.02
 # Small rollouts keep a step short and dominated by the actor (the part whose state is checkpointed);
 # retention keeps a run with a save every step from filling the disk.
 BASE_OVERRIDES = ["data.batch_size=4", "data.num_samples=256", "rollout.n_samples_per_prompt=4",
                   "rollout.max_new_tokens=8", "runner.step_timeout_s=300", "runner.checkpoint.max_to_keep=2"]
-
-
-class _Tail:
-    """New complete JSON lines of an append-only file that resume may rewrite shorter."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = path.stat().st_size if path.exists() else 0
-
-    def new(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.path, "rb") as f:
-                size = f.seek(0, 2)
-                if size < self.offset:  # rewritten by truncate_after on resume: follow its new end
-                    self.offset = size
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        complete = data[: data.rfind(b"\n") + 1]
-        self.offset += len(complete)
-        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 @dataclass
@@ -58,13 +36,13 @@ class DriverRun:
     log_path: Path
     metrics: list[tuple[float, dict]] = field(default_factory=list)  # (time first seen, record)
     events: list[dict] = field(default_factory=list)
-    _tails: tuple[_Tail, _Tail] | None = None
+    _tails: tuple[JsonlFollower, JsonlFollower] | None = None
 
     def poll(self) -> None:
         metrics_tail, events_tail = self._tails
         now = time.time()
-        self.metrics += [(now, r) for r in metrics_tail.new()]
-        self.events += events_tail.new()
+        self.metrics += [(now, r) for r in metrics_tail.new_records()]
+        self.events += events_tail.new_records()
 
     def wait_for(self, what: str, predicate: Callable[[DriverRun], Any], timeout: float) -> Any:
         """Poll until ``predicate(self)`` is truthy; fail with the driver's last lines if it exits first."""
@@ -124,7 +102,7 @@ def launch(output_dir: Path, name: str, overrides: list[str], ray_address: str |
     full_env.pop("RAY_ADDRESS", None)
     if ray_address is not None:
         full_env["RAY_ADDRESS"] = ray_address
-    tails = (_Tail(run_dir / "metrics.jsonl"), _Tail(run_dir / "events.jsonl"))
+    tails = (JsonlFollower(run_dir / "metrics.jsonl"), JsonlFollower(run_dir / "events.jsonl"))
     with open(log_path, "a") as log:
         started = time.time()
         proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
