@@ -3,7 +3,7 @@
 Two traps of torch.distributed.checkpoint's own reader make this module necessary:
 
 - it unpickles ``.metadata`` with plain ``pickle.load`` and every non-tensor item of the ``.distcp`` files
-  (optimizer hyper-parameters, e.g. ``lr``) with ``torch.load(weights_only=False)``, so a crafted checkpoint
+  (optimizer hyper-parameters, e.g. ``lr``) with torch's loader and weights_only off, so a crafted checkpoint
   runs code on load. ``read_dcp_metadata`` unpickles the metadata with an allow-list of DCP's own classes and
   loads every non-tensor item with ``weights_only=True`` first: DCP's later load then only reads bytes that
   were vetted, and a checkpoint that carries code is refused, naming the file.
