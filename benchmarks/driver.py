@@ -1,8 +1,7 @@
 """Running the real driver (``python -m rayrl.main``) for end-to-end figures, and timing what it writes.
 
-Times come from two sources on this one machine's clock: the ``time`` field of events.jsonl records, and
-the moment a metrics.jsonl record is first seen here (polled every 20 ms; metrics records carry no wall
-time of their own).
+Times are the ``time`` fields of metrics.jsonl records (when a step finished) and events.jsonl records,
+compared with this process's clock (one machine).
 """
 
 from __future__ import annotations
@@ -34,14 +33,13 @@ class DriverRun:
     run_dir: Path
     started: float
     log_path: Path
-    metrics: list[tuple[float, dict]] = field(default_factory=list)  # (time first seen, record)
+    metrics: list[dict] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
     _tails: tuple[JsonlFollower, JsonlFollower] | None = None
 
     def poll(self) -> None:
         metrics_tail, events_tail = self._tails
-        now = time.time()
-        self.metrics += [(now, r) for r in metrics_tail.new_records()]
+        self.metrics += metrics_tail.new_records()
         self.events += events_tail.new_records()
 
     def wait_for(self, what: str, predicate: Callable[[DriverRun], Any], timeout: float) -> Any:
@@ -60,9 +58,6 @@ class DriverRun:
                 raise RuntimeError(f"driver exited ({self.proc.returncode}) before {what}:\n{self.tail_log()}")
             time.sleep(POLL_S)
         raise TimeoutError(f"no {what} within {timeout:.0f}s:\n{self.tail_log()}")
-
-    def first_step_after(self, t: float) -> tuple[float, dict] | None:
-        return next(((seen, r) for seen, r in self.metrics if seen > t), None)
 
     def events_named(self, name: str) -> list[dict]:
         return [e for e in self.events if e.get("event") == name]

@@ -42,7 +42,7 @@ def run_lifecycle(settings: Settings) -> Lifecycle:
     out = settings.work_dir / "lifecycle"
     run = launch(out, "life", overrides(settings))
     try:
-        first_seen = run.wait_for("the first step", lambda r: r.first_step_after(0), TIMEOUT_S)[0]
+        first = run.wait_for("the first step", lambda r: r.metrics, TIMEOUT_S)[0]["time"]
         # a checkpoint committed and a step beyond it, so that recovery has something to resume and redo
         run.wait_for("a committed checkpoint", checkpoint_after(0), TIMEOUT_S)
         in_job, coordinator_s, recovered_step = _kill_an_actor_rank(run)
@@ -55,13 +55,13 @@ def run_lifecycle(settings: Settings) -> Lifecycle:
         raise
     again = launch(out, "life", overrides(settings))
     try:
-        seen, _ = again.wait_for("the first step after the restart", lambda r: r.first_step_after(0), TIMEOUT_S)
+        seen = again.wait_for("the first step after the restart", lambda r: r.metrics, TIMEOUT_S)[0]["time"]
         resumed = again.events_named("resumed")
     finally:
         again.kill()
     if not resumed:
         raise RuntimeError("the restarted run did not resume from a checkpoint")
-    return Lifecycle(first_seen - run.started, in_job, coordinator_s, seen - killed_at, seen - again.started,
+    return Lifecycle(first - run.started, in_job, coordinator_s, seen - killed_at, seen - again.started,
                      int(resumed[0]["step"]))
 
 
@@ -70,12 +70,12 @@ def checkpoint_after(step: int):
     def check(run: DriverRun) -> bool:
         tracker = run.run_dir / "checkpoints" / TRACKER_FILE
         committed = int(tracker.read_text()) if tracker.exists() else -1
-        return committed > step and bool(run.metrics) and run.metrics[-1][1]["step"] > committed
+        return committed > step and bool(run.metrics) and run.metrics[-1]["step"] > committed
     return check
 
 
 def step_just_finished(run: DriverRun) -> bool:
-    return bool(run.metrics) and time.time() - run.metrics[-1][0] < 0.1
+    return bool(run.metrics) and time.time() - run.metrics[-1]["time"] < 0.1
 
 
 def _kill_an_actor_rank(run: DriverRun) -> tuple[float, float, int]:

@@ -6,9 +6,9 @@ default manager, except that the steps go in phases of ``phase_steps`` that cycl
 async saves and sync saves. Interleaving the three in one run, rather than three runs one after another,
 keeps the slow drifts of this shared machine's load out of the comparison.
 
-A step's time is the wall time between consecutive metrics.jsonl records, so it holds everything the loop
-does between two steps (the save call, committing the previous async save) and the slowdown of a step
-while a background write competes for the CPU. The interval after save N is counted for save N's mode;
+A step's time is the wall time between consecutive metrics.jsonl records (their ``time``), so it holds
+everything the loop does between two steps (the save call, committing the previous async save) and the
+slowdown of a step while a background write competes for the CPU. The interval after save N is counted for save N's mode;
 the first interval of each phase (a write left over from the previous mode) and the warm-up are left out.
 In the no-saving phase the coordinator still calls the manager and logs a save event (a few ms).
 """
@@ -72,9 +72,9 @@ def run(settings: Settings) -> list[Figure]:
         run.wait_exit(TIMEOUT_S)
     finally:
         run.kill()
-    seen = {r["step"]: t for t, r in run.metrics}
+    seen = {r["step"]: r["time"] for r in run.metrics}
     blocking = {e["step"]: e["blocking_s"] for e in run.events_named("save")}
-    time_s = {r["step"]: r["time_s"] for _, r in run.metrics}
+    time_s = {r["step"]: r["time_s"] for r in run.metrics}
     by_mode: dict[str, dict[str, list[float]]] = {m: {"period": [], "blocking": [], "time_s": []} for m in MODES}
     for step in range(warmup + 1, steps):
         mode = mode_of(step, phase, warmup)

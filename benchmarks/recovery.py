@@ -65,7 +65,7 @@ def node_loss_recovery(settings: Settings) -> float:
             cluster.remove_node(victim, allow_graceful=False)
             recovered = run.wait_for("recovery", lambda r: r.events_named("recovered"), TIMEOUT_S)[0]
             run.wait_for("steps after the recovery",  # so that a plot of this run shows training go on
-                         lambda r: r.metrics[-1][1]["step"] >= recovered["step"] + STEPS_AFTER, TIMEOUT_S)
+                         lambda r: r.metrics[-1]["step"] >= recovered["step"] + STEPS_AFTER, TIMEOUT_S)
             return recovered["time"] - killed_at
         finally:
             run.kill()

@@ -1,9 +1,8 @@
 """A run's life as one PNG: ``python -m rayrl.plot <run dir> [--out file.png]``.
 
-Reward and step time over steps and over wall time, from the run's metrics.jsonl and events.jsonl, with
-saves, failures, recoveries and restarts marked. metrics.jsonl keeps one record per step (steps redone
-after a recovery replace the lost ones) and no wall clock, so when each step ended is rebuilt from the
-events that carry a time (run start or resume, saves, recoveries) plus the steps' own ``time_s``.
+Reward and step time over steps and over wall time, from the run's metrics.jsonl (one record per step, with
+the wall time it finished; steps redone after a recovery replace the lost ones) and events.jsonl, with saves,
+failures, recoveries and resumes marked.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from typing import Any
 from rayrl.runlog import EVENTS_FILE, METRICS_FILE, read_jsonl
 
 Record = dict[str, Any]
-STARTS = ("fresh_start", "resumed")
 FAILURES = ("failure", "coordinator_restarted", "driver_relaunched", "preempted", "run_failed", "program_error")
 
 
@@ -36,53 +34,13 @@ class Timeline:
     recoveries: list[float]  # times the first step after a failure finished
 
 
-def step_end_times(metrics: list[Record], events: list[Record]) -> list[float]:
-    """When each metrics record's step ended (epoch seconds), rebuilt from events and ``time_s``.
-
-    A step starts when the previous step's loop iteration ended (its save call returned) or when the
-    run started or resumed at the previous step, whichever is later; it ends ``time_s`` later unless an
-    event of that step, after its start, says exactly when (a recovery is reported as the step ends; a
-    save event is written ``blocking_s`` after the step ended).
-    """
-    started: dict[int, list[float]] = {}  # step the run started from -> times
-    ended: dict[int, list[float]] = {}  # step -> exact end times
-    moved_on: dict[int, list[float]] = {}  # step -> when the loop went on after it
-    for e in events:
-        t, step = e.get("time"), e.get("step")
-        if t is None:
-            continue
-        if e.get("event") in STARTS:
-            started.setdefault(int(step or 0), []).append(t)
-        elif e.get("event") == "recovered" and step is not None:
-            ended.setdefault(step, []).append(t)
-            moved_on.setdefault(step, []).append(t)
-        elif e.get("event") == "save" and step is not None:
-            ended.setdefault(step, []).append(t - float(e.get("blocking_s", 0.0)))
-            moved_on.setdefault(step, []).append(t)
-    out: list[float] = []
-    prev_step, prev_next = None, None
-    for r in metrics:
-        step = int(r["step"])
-        base = prev_next if prev_step == step - 1 else None
-        base = max([b for b in (base, _last(started.get(step - 1))) if b is not None], default=None)
-        if base is None:  # nothing to anchor on (no events): count on from the previous step
-            base = out[-1] if out else 0.0
-        exact = [t for t in ended.get(step, []) if t > base]
-        end = exact[-1] if exact else base + float(r.get("time_s", 0.0))
-        later = [t for t in moved_on.get(step, []) if t >= end]
-        prev_step, prev_next = step, (later[-1] if later else end)
-        out.append(end)
-    return out
-
-
-def _last(values: list[float] | None) -> float | None:
-    return values[-1] if values else None
-
-
 def timeline(metrics: list[Record], events: list[Record]) -> Timeline:
-    ends = step_end_times(metrics, events)
+    untimed = [r.get("step") for r in metrics if "time" not in r]
+    if untimed:
+        raise ValueError(f"metrics.jsonl records without a wall time (step {untimed[0]}): written by an older rayrl")
+    ends = [float(r["time"]) for r in metrics]
     timed = [e for e in events if "time" in e]
-    t0 = min([e["time"] for e in timed] + [ends[0] - float(metrics[0].get("time_s", 0.0))])
+    t0 = min([e["time"] for e in timed] + [ends[0] - float(metrics[0].get("time_s", 0.0))])  # the run's start
 
     def marks(*names: str) -> list[Record]:
         return [e for e in timed if e.get("event") in names]

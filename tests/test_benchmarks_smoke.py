@@ -22,7 +22,8 @@ FIGURES = {
     "io.rayrl_load_vs_disk", "io.rayrl_load_vs_dcp", "io.rayrl_load_vs_torch",
     "async.blocking_vs_sync_save",
     "overhead.step_time_async_save_every_step_vs_none", "overhead.step_time_sync_save_every_step_vs_none",
-    "recovery.actor_kill_vs_cold_restart", "recovery.node_loss_vs_cold_restart", "resume.first_step_resuming_vs_fresh",
+    "recovery.actor_kill_vs_cold_restart", "recovery.node_loss_vs_cold_restart",
+    "resume.first_step_resuming_vs_fresh",
 }
 
 

@@ -1,4 +1,4 @@
-"""rayrl.plot: step end times rebuilt from events, the PNG of a synthetic run with a failure, and of a real run."""
+"""rayrl.plot: the timeline and PNG of a synthetic run with a failure and a resume, and of a real run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from rayrl.plot import main, plot_run, step_end_times, timeline
+from rayrl.plot import main, plot_run, timeline
 from rayrl.runlog import read_jsonl
 from tests.support import run_dir, run_rayrl
 
@@ -21,14 +21,14 @@ def _write(run: Path, metrics: list[dict], events: list[dict]) -> None:
     (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
 
 
-def _step(step: int, reward: float = 0.1) -> dict:
-    return {"step": step, "reward_mean": reward * step, "time_s": 1.0}
+def _step(step: int, end: float) -> dict:
+    return {"step": step, "reward_mean": 0.1 * step, "time_s": 1.0, "time": T0 + end}
 
 
 @pytest.fixture
 def failed_run(tmp_path) -> Path:
-    """Steps 1-4 (saves after 2 and 4, each blocking 0.2 s), a failure during step 7, a resume from
-    step 4 at T0+12, steps 5-8 again (the first attempt's 5 and 6 were dropped from metrics.jsonl)."""
+    """Steps 1-4 (saves after 2 and 4), a failure during step 7, a resume from step 4 at T0+12, steps 5-8
+    again (the first attempt's 5 and 6 were dropped from metrics.jsonl)."""
     events = [
         {"time": T0, "event": "fresh_start"},
         {"time": T0 + 2.2, "event": "save", "step": 2, "blocking_s": 0.2},
@@ -39,22 +39,16 @@ def failed_run(tmp_path) -> Path:
         {"time": T0 + 13.5, "event": "recovered", "step": 5, "resumed_from": 4, "seconds_to_next_step": 6.0},
         {"time": T0 + 14.7, "event": "save", "step": 6, "blocking_s": 0.2},
     ]
+    ends = [1.0, 2.0, 3.2, 4.2, 13.5, 14.5, 15.7, 16.7]
     run = tmp_path / "run"
-    _write(run, [_step(s) for s in range(1, 9)], events)
+    _write(run, [_step(s, end) for s, end in zip(range(1, 9), ends)], events)
     return run
 
 
-def test_step_end_times_follow_saves_resumes_and_recoveries(failed_run):
-    metrics, events = read_jsonl(failed_run / "metrics.jsonl"), read_jsonl(failed_run / "events.jsonl")
-    ends = [t - T0 for t in step_end_times(metrics, events)]
-    # 1, 2: time_s after the start; 3 starts when save 2 returned (2.2); 5 ends at the recovery event
-    # (not 12 + 1: the rebuild took longer), 6 ends 1 s later, 7 starts after save 6 of the *second* attempt
-    assert ends == pytest.approx([1.0, 2.0, 3.2, 4.2, 13.5, 14.5, 15.7, 16.7])
-
-
 def test_timeline_marks(failed_run):
-    metrics, events = read_jsonl(failed_run / "metrics.jsonl"), read_jsonl(failed_run / "events.jsonl")
-    tl = timeline(metrics, events)
+    tl = timeline(read_jsonl(failed_run / "metrics.jsonl"), read_jsonl(failed_run / "events.jsonl"))
+    assert tl.steps == list(range(1, 9))
+    assert tl.ends == pytest.approx([1.0, 2.0, 3.2, 4.2, 13.5, 14.5, 15.7, 16.7])  # since fresh_start
     assert [s for s, _ in tl.saves] == [2, 4, 6, 6]
     assert tl.failures == [(pytest.approx(7.5), "actor[1]")]
     assert tl.resumes == [(4, pytest.approx(12.0))]
@@ -70,10 +64,14 @@ def test_plot_writes_a_png(failed_run, tmp_path):
     assert (failed_run / "run.png").stat().st_size > 20_000
 
 
-def test_a_run_without_steps_is_an_error(tmp_path, capsys):
-    _write(tmp_path / "empty", [], [{"time": T0, "event": "fresh_start"}])
-    assert main([str(tmp_path / "empty")]) == 2
-    assert "no finished steps" in capsys.readouterr().err
+@pytest.mark.parametrize("metrics, message", [
+    ([], "no finished steps"),
+    ([{"step": 1, "reward_mean": 0.0, "time_s": 1.0}], "without a wall time"),
+])
+def test_unplottable_runs_exit_2(tmp_path, capsys, metrics, message):
+    _write(tmp_path / "run", metrics, [{"time": T0, "event": "fresh_start"}])
+    assert main([str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.slow
