@@ -28,7 +28,7 @@ from rayrl.data.tasks import get_task
 from rayrl.failures import InfraFailure, check_finite
 from rayrl.participants import ActorPart, DataPart, RolloutPart
 from rayrl.recovery import Recovery, RunFailed
-from rayrl.runlog import EventLog, MetricsLog
+from rayrl.runlog import EventLog, EventLogHandler, MetricsLog
 from rayrl.step import run_step, sync_weights
 from rayrl.workers.fleet import Fleet
 from rayrl.workers.group import remove_leftovers
@@ -38,11 +38,20 @@ log = logging.getLogger(__name__)
 __all__ = ["Coordinator", "RunFailed"]
 
 
+def _log_to(events: EventLog) -> None:
+    """The coordinator's log lines go to events.jsonl only (the driver prints them from there, complete),
+    not through Ray's log forwarding too."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, EventLogHandler)]:
+        root.removeHandler(handler)  # a restarted coordinator's or a second run's handler
+    root.addHandler(EventLogHandler(events))
+    root.setLevel(logging.INFO)
+
+
 class Coordinator:
     def __init__(self, cfg: Any, relaunch: dict[str, Any] | None = None) -> None:
         """``relaunch``: set by the driver when run_main.sh relaunched it after the previous driver died
         (attempt, max, exit_status, failure_time), so that the recovery is reported and timed."""
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
         torch.set_num_threads(1)
         self.cfg = cfg
         with warnings.catch_warnings():  # Ray deprecates an internal it uses for this property
@@ -57,6 +66,7 @@ class Coordinator:
         self.dataset = self.task.build_dataset(cfg.data.num_samples, cfg.runner.seed)
         self.metrics = MetricsLog(self.run_dir)
         self.events = EventLog(self.run_dir)
+        _log_to(self.events)
         self.recovery = Recovery(self.events, cfg.runner.max_restarts, cfg.runner.restart_backoff_s)
         self.relaunch = relaunch
         self.fleet: Fleet | None = None

@@ -107,3 +107,21 @@ class EventLog:
     def emit(self, event: str, message: str, **fields: Any) -> None:
         """Record an event; the driver prints ``message`` (rayrl.console), so it is not logged here too."""
         _append_line(self.path, {"time": time.time(), "event": event, "message": message, **fields})
+
+
+class EventLogHandler(logging.Handler):
+    """Sends the coordinator's log records (saves, retention, a custom manager's lines) to events.jsonl as
+    ``log`` events, so the driver prints all of them, the last ones of a run included."""
+
+    def __init__(self, events: EventLog, level: int = logging.INFO) -> None:
+        super().__init__(level)
+        self.events = events
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                message = f"{record.levelname}: {message}"
+            self.events.emit("log", message, level=record.levelname, logger=record.name)
+        except Exception:  # a log line must never break the run
+            self.handleError(record)
