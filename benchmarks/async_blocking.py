@@ -2,9 +2,11 @@
 
 Two real ActorWorker ranks (benchmarks.lockstep) under the DefaultCheckpointManager: each rank has one
 ShardedCheckpointIO with one reused stager and its own gloo group for async saves. An async save is timed
-from the manager's save call until it returns (what the coordinator reports as blocking_s), then waited
-for (write, digests, commit), so saves never queue behind each other: the coordinator sees exactly this
-when the save interval outlasts a write. The first async save also allocates the staging buffers (fresh
+from the manager's save call until it returns (what the coordinator reports as blocking_s) plus the wait
+for its staging that the ranks' next optimizer step would do, called at once: the worst case, with nothing
+(no generation) to overlap the copy with; ``overhead.loop_blocked_async_save_vs_sync_save`` measures it in
+a real run. Then the save is waited for (write, digests, commit), so saves never queue behind each other:
+the coordinator sees exactly this when the save interval outlasts a write. The first async save also allocates the staging buffers (fresh
 memory is slow here), so it is reported apart from the steady state.
 """
 
@@ -39,6 +41,7 @@ def _measure(lead: Lockstep, root: Path, saves: int) -> dict:
     for step in range(1, saves + 1):
         out["sync"].append(timed(lambda: sync.save(step, [part], {"global_step": step}))[0])
         blocking = timed(lambda: background.save(step, [part], {"global_step": step}))[0]
+        blocking += timed(lambda: lead.call("checkpoint_staged"))[0]  # the next optimizer step's wait
         out["blocking"].append(blocking)
         out["total"].append(blocking + timed(background.wait)[0])
         for kind in ("sync", "async"):  # one step on disk at a time

@@ -52,6 +52,9 @@ class RankOps:
     def checkpoint_status(self, block: bool) -> Digests | None:
         return self.worker.checkpoint_status(block)
 
+    def checkpoint_staged(self) -> float:
+        return self.worker.ckpt.wait_staged()
+
     def load_checkpoint(self, directory: str) -> None:
         self.worker.load_checkpoint(directory)
 

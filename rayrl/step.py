@@ -58,6 +58,7 @@ def run_step(fleet: Fleet, cfg: Any, task: Any, items: list[dict], step: int) ->
         **{k: sum(s[k] for s in stats) for k in SUMMED_ACTOR_STATS},
         "grad_norm": stats[0]["grad_norm"],
         "lr": stats[0]["lr"],
+        "save_staging_wait_s": max(s["save_staging_wait_s"] for s in stats),  # the loop waited this long
         "gen_time_s": t_gen,
         "time_s": time.perf_counter() - start,
     }

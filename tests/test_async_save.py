@@ -1,7 +1,7 @@
 """Asynchronous saves: one rank's DCP writer in isolation, then SIGKILL landing while shards are written.
 
 The rank-level checks run in a fresh process (its own torch.distributed group and a clean peak-RSS counter):
-what is written is the state at save time even though training changes it right after, staging takes at
+what is written is the state at save time even though training changes it right after staging, staging takes at
 most one extra copy of the rank's state (and reuses it), a background failure comes back from ``wait``, and
 the digests handed back describe the files on disk. The end-to-end test kills a real run three times while
 a save is being written (the whole job once, then one actor rank twice) and checks each resume starts from
@@ -90,7 +90,8 @@ def _rank_probe(tmp: str) -> dict:
     key = "model.layers.0.mlp.up_proj.weight"
     param = dict(model.named_parameters())[key]
     at_save = local(param).detach().clone()
-    io.save(f"{tmp}/snap", state(), async_save=True)
+    io.save(f"{tmp}/snap", state(), async_save=True)  # returns before the state is even copied out
+    io.wait_staged()  # what the actor does before its next optimizer step
     with torch.no_grad():
         local(param).add_(1.0)  # training goes on while the shards are written
     digests = io.wait()

@@ -2,18 +2,23 @@
 
 The caller hands in a plain state dict (``{"model": ..., "optimizer": ...}``); this module knows nothing of
 what is inside. Asynchronous saves stage the state into host memory with one ``DefaultStager`` kept for the
-whole run (re-created stagers leak host memory) and write in a background thread on a gloo group of their
-own (an async save on the training group crashes gloo when training collectives run beside it). The
+whole run (re-created stagers leak host memory; its buffers are the one extra copy of the state) and write
+in a background thread on a gloo group of their own (an async save on the training group crashes gloo when
+training collectives run beside it). Staging itself runs in the background too: ``save`` returns at once
+and the caller must call ``wait_staged`` before it changes the state (the next optimizer step), so the
+copy overlaps whatever comes between (the next step's generation on the rollout workers). The
 digests of the written files (for the manifest) are computed in the background too: hashing a large shard
 at the next step boundary would block training for about as long as writing it.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import glob
 import logging
 import os
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterator
 
@@ -22,6 +27,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
 from rayrl.checkpoint.errors import CheckpointError
@@ -42,10 +48,12 @@ class ShardedCheckpointIO:
         self._stager: DefaultStager | None = None
         self._finisher: ThreadPoolExecutor | None = None
         self._pending: Future[dict[str, Digest]] | None = None
+        self._staged: Future[None] | None = None
 
     def save(self, directory: str, state_dict: dict[str, Any], async_save: bool) -> None:
-        """Write this rank's shards into ``directory``; with ``async_save`` return once the state is
-        staged (one host copy, reused by every later save), writing and hashing in the background."""
+        """Write this rank's shards into ``directory``; with ``async_save`` return at once, staging (one
+        host copy, reused by every later save), writing and hashing in the background: the caller must
+        ``wait_staged`` before changing ``state_dict``'s tensors."""
         self.wait()
         writer = FileSystemWriter(directory, single_file_per_rank=True, sync_files=True,
                                   thread_count=self.thread_count)
@@ -60,12 +68,23 @@ class ShardedCheckpointIO:
                 isinstance(t, torch.Tensor) and t.is_cuda for t in _leaves(state_dict))
             self._stager = DefaultStager(StagingOptions(
                 use_pinned_memory=on_gpu, use_shared_memory=False,
-                use_async_staging=False, use_non_blocking_copy=on_gpu))
+                use_async_staging=True, use_non_blocking_copy=on_gpu))
             self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayrl-ckpt-finish")
-        upload = dcp.async_save(state_dict, storage_writer=writer,
-                                process_group=self.async_group, async_stager=self._stager)
-        assert self._finisher is not None
-        self._pending = self._finisher.submit(self._finish, upload, directory)
+        response = dcp.async_save(state_dict, storage_writer=writer,
+                                  process_group=self.async_group, async_stager=self._stager)
+        assert isinstance(response, AsyncSaveResponse) and self._finisher is not None  # async staging
+        self._staged = response.staging_completion
+        self._pending = self._finisher.submit(self._finish, response.upload_completion, directory)
+
+    def wait_staged(self) -> float:
+        """Block until the save in flight has copied the state out (then it may change); the seconds
+        waited. A staging error is raised by ``wait`` (the upload fails with it), not here."""
+        staged, self._staged = self._staged, None
+        if staged is None or staged.done():
+            return 0.0
+        t0 = time.perf_counter()
+        concurrent.futures.wait([staged])
+        return time.perf_counter() - t0
 
     def _finish(self, upload: Future, directory: str) -> dict[str, Digest]:
         with _plain_errors(directory, "write"):
@@ -85,6 +104,7 @@ class ShardedCheckpointIO:
         if self._pending is None:
             return None
         pending, self._pending = self._pending, None
+        self._staged = None  # the upload waited for the staging
         return pending.result()
 
     def written_files(self, directory: str) -> list[str]:

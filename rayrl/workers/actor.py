@@ -62,6 +62,7 @@ class ActorWorker(WorkerBase):
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One GRPO update on this rank's rows; returns sums that the coordinator adds over ranks."""
         acfg, cfg = self.cfg.algorithm, self.cfg
+        staging_wait = self.ckpt.wait_staged()  # an async save still copying the state out: before it changes
         rows = torch.tensor_split(torch.arange(batch["advantages"].shape[0]), self.world_size)[self.rank]
         part = {k: v[rows] for k, v in batch.items() if isinstance(v, torch.Tensor)}
         token_count = float(batch["response_mask"].sum())  # the global batch's, so shards sum exactly
@@ -91,7 +92,8 @@ class ActorWorker(WorkerBase):
         self.scheduler.step()
         norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         scale = 1.0 / acfg.ppo_epochs
-        return {**{k: v * scale for k, v in sums.items()}, "grad_norm": float(norm), "lr": lr}
+        return {**{k: v * scale for k, v in sums.items()}, "grad_norm": float(norm), "lr": lr,
+                "save_staging_wait_s": staging_wait}
 
     def _logp(self, part: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
         return response_logprobs(self.model, part["prompt_ids"][idx], part["prompt_mask"][idx],
@@ -133,6 +135,7 @@ class ActorWorker(WorkerBase):
 
     def load_checkpoint(self, directory: str) -> None:
         """Load shards (resharding to this world size) and this rank's extra state."""
+        self.ckpt.wait_staged()  # a save in flight must have copied the tensors out before they are loaded into
         state = self._dcp_state()
         # Read the metadata safely and check the shapes before DCP's own (unrestricted) unpickling and its
         # collectives: every rank sees the same files, so every rank refuses alike and none waits for the others.
