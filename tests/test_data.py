@@ -9,7 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rayrl.data import BatchStream, cyclic_match, extract_final_number, get_task, make_dataloader, math_exact_match
+from rayrl.data.loader import BatchStream, make_dataloader
+from rayrl.data.rewards import cyclic_match, extract_final_number, math_exact_match
+from rayrl.data.tasks import get_task
 
 
 def _data_cfg(**overrides):

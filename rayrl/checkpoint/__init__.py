@@ -22,7 +22,6 @@ from rayrl.checkpoint.manifest import (
     write_manifest,
 )
 from rayrl.checkpoint.retention import select_steps_to_delete
-from rayrl.checkpoint.rng import capture_rng_state, restore_rng_state
 from rayrl.checkpoint.safe_io import (
     TEMP_PREFIX,
     atomic_write_bytes,
@@ -60,3 +59,13 @@ __all__ = [
     "verify_checkpoint",
     "write_manifest",
 ]
+
+
+def __getattr__(name: str):
+    """The RNG helpers import torch: loaded on first use, so that the driver (which reads manifests only)
+    starts without torch."""
+    if name in ("capture_rng_state", "restore_rng_state"):
+        from rayrl.checkpoint import rng
+
+        return getattr(rng, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

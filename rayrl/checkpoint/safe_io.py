@@ -17,8 +17,6 @@ import secrets
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-import torch
-
 from rayrl.checkpoint.errors import CheckpointError
 
 TEMP_PREFIX = ".tmp-"
@@ -91,12 +89,16 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 def save_torch(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save`` with the same all-or-nothing guarantee as ``atomic_write_bytes``."""
+    import torch  # here, not at the top: the driver reads manifests and must not pay torch's import
+
     with _atomic_file(path) as f:
         torch.save(obj, f)
 
 
 def load_torch(path: str | os.PathLike[str]) -> Any:
     """Load a torch file onto the CPU with ``weights_only=True``: no code in the file ever runs."""
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

@@ -1,20 +1,4 @@
-"""Tasks with verifiable rewards and resumable prompt loading."""
+"""Tasks with verifiable rewards (``tasks``, ``rewards``) and resumable prompt loading (``loader``).
 
-from __future__ import annotations
-
-from rayrl.data.loader import BatchStream, make_dataloader
-from rayrl.data.rewards import cyclic_match, extract_final_number, math_exact_match
-from rayrl.data.tasks import TASKS, CyclicPatternTask, MathTask, Task, get_task
-
-__all__ = [
-    "TASKS",
-    "BatchStream",
-    "CyclicPatternTask",
-    "MathTask",
-    "Task",
-    "cyclic_match",
-    "extract_final_number",
-    "get_task",
-    "make_dataloader",
-    "math_exact_match",
-]
+Nothing is re-exported here: the driver imports ``tasks`` to validate a config and must not pay for the
+loader's torch import."""
