@@ -22,7 +22,7 @@ from rayrl.checkpoint.layout import TRACKER_FILE
 from rayrl.checkpoint.manager import DefaultCheckpointManager, load_manager_class
 from rayrl.config import CheckpointConfig, ConfigError, load_config
 from rayrl.failures import InfraFailure
-from tests.support import FAST, REPO, env_for_tests, read_metrics, run_dir
+from tests.support import FAST, REPO, read_metrics, run_dir, shared_ray_env
 
 MIRROR = "examples.mirror_manager.MirrorManager"
 
@@ -218,7 +218,7 @@ def test_mirror_manager_keeps_a_verified_copy_of_exactly_the_kept_steps(tmp_path
 def _run_main(out: Path, *overrides: str, timeout: float = 400) -> subprocess.CompletedProcess:
     cmd = ["bash", "run_main.sh", "--config", str(REPO / "configs/grpo_tiny.yaml"), f"runner.output_dir={out}",
            *FAST, *overrides]
-    return subprocess.run(cmd, cwd=REPO, env=env_for_tests(RAYRL_SKIP_SETUP="1"), stdout=subprocess.PIPE,
+    return subprocess.run(cmd, cwd=REPO, env=shared_ray_env(RAYRL_SKIP_SETUP="1"), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=timeout)
 
 

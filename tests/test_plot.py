@@ -10,7 +10,7 @@ from matplotlib.image import imread
 
 from rayrl.plot import main, plot_run, timeline
 from rayrl.runlog import read_jsonl
-from tests.support import run_dir, run_rayrl
+from tests.support import RESUME_STEPS, run_dir, uninterrupted_run
 
 T0 = 1_000_000.0
 
@@ -75,10 +75,8 @@ def test_unplottable_runs_exit_2(tmp_path, capsys, metrics, message):
 
 
 @pytest.mark.slow
-def test_plot_of_a_real_run(tmp_path):
-    proc = run_rayrl(tmp_path, "runner.max_steps=6", "runner.save_interval=2")
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    run = run_dir(tmp_path)
+def test_plot_of_a_real_run(tmp_path_factory, tmp_path):
+    run = run_dir(uninterrupted_run(tmp_path_factory, *RESUME_STEPS))  # 6 steps, a save every 2
     tl = timeline(read_jsonl(run / "metrics.jsonl"), read_jsonl(run / "events.jsonl"))
     assert tl.steps == list(range(1, 7))
     assert [s for s, _ in tl.saves] == [2, 4, 6]
@@ -86,4 +84,4 @@ def test_plot_of_a_real_run(tmp_path):
     for step, t in tl.saves:  # a step's save comes after the step ends, before the next one does
         i = tl.steps.index(step)
         assert tl.ends[i] <= t + 1e-6 and (i + 1 == len(tl.ends) or t < tl.ends[i + 1])
-    assert imread(plot_run(run)).shape[0] > 600
+    assert imread(plot_run(run, tmp_path / "run.png")).shape[0] > 600

@@ -8,7 +8,8 @@ training collectives run beside it). Staging itself runs in the background too: 
 and the caller must call ``wait_staged`` before it changes the state (the next optimizer step), so the
 copy overlaps whatever comes between (the next step's generation on the rollout workers). The
 digests of the written files (for the manifest) are computed in the background too: hashing a large shard
-at the next step boundary would block training for about as long as writing it.
+at the next step boundary would block training for about as long as writing it. All of this runs in threads
+at the lowest CPU priority, so that on a busy node it takes the cycles training leaves idle.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import contextlib
 import glob
 import logging
 import os
+import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterator
@@ -69,12 +72,27 @@ class ShardedCheckpointIO:
             self._stager = DefaultStager(StagingOptions(
                 use_pinned_memory=on_gpu, use_shared_memory=False,
                 use_async_staging=True, use_non_blocking_copy=on_gpu))
-            self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayrl-ckpt-finish")
-        response = dcp.async_save(state_dict, storage_writer=writer,
-                                  process_group=self.async_group, async_stager=self._stager)
-        assert isinstance(response, AsyncSaveResponse) and self._finisher is not None  # async staging
-        self._staged = response.staging_completion
-        self._pending = self._finisher.submit(self._finish, response.upload_completion, directory)
+            self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayrl-ckpt",
+                                                initializer=_lowest_cpu_priority)
+        staged: Future[None] = Future()
+        self._staged = staged
+        self._pending = self._finisher.submit(self._save_in_background, directory, state_dict, writer, staged)
+
+    def _save_in_background(self, directory: str, state_dict: dict[str, Any], writer: FileSystemWriter,
+                            staged: Future[None]) -> dict[str, Digest]:
+        """Runs in the low-priority thread: DCP's staging and upload threads start from here and inherit
+        its priority, so staging, writing and hashing use the cores training leaves idle."""
+        with _plain_errors(directory, "write"):
+            try:
+                response = dcp.async_save(state_dict, storage_writer=writer,
+                                          process_group=self.async_group, async_stager=self._stager)
+            except BaseException:
+                staged.set_result(None)  # nothing is copying the state any more
+                raise
+            assert isinstance(response, AsyncSaveResponse)  # async staging
+            response.staging_completion.add_done_callback(lambda _: staged.set_result(None))
+            response.upload_completion.result()
+        return self._digests(directory)
 
     def wait_staged(self) -> float:
         """Block until the save in flight has copied the state out (then it may change); the seconds
@@ -85,11 +103,6 @@ class ShardedCheckpointIO:
         t0 = time.perf_counter()
         concurrent.futures.wait([staged])
         return time.perf_counter() - t0
-
-    def _finish(self, upload: Future, directory: str) -> dict[str, Digest]:
-        with _plain_errors(directory, "write"):
-            upload.result()
-        return self._digests(directory)
 
     def _digests(self, directory: str) -> dict[str, Digest]:
         return {name: file_digest(os.path.join(directory, name)) for name in self.written_files(directory)}
@@ -140,6 +153,16 @@ def _plain_errors(directory: str, what: str) -> Iterator[None]:
     except CheckpointException as err:
         causes = "; ".join(f"rank {rank}: {type(exc).__name__}: {exc}" for rank, (exc, _) in err.failures.items())
         raise CheckpointError(directory, f"DCP {what} failed ({causes})") from None
+
+
+def _lowest_cpu_priority() -> None:
+    """Nice this thread (Linux schedules threads one by one) to the lowest priority: a background save
+    then takes only CPU time that training leaves idle (generation keeps one worker busy at a time), and
+    slows the training processes as little as it can. Elsewhere setpriority would nice the whole
+    process, so it is left alone there."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _leaves(obj: Any):
