@@ -139,8 +139,8 @@ class Coordinator:
         from rayrl.workers.fleet import Fleet
 
         cfg, runner = self.cfg, self.cfg.runner
-        if start_dir is not None and _step_of(start_dir) >= runner.max_steps:  # no workers needed
-            step = _step_of(start_dir)
+        step = _step_of(start_dir) if start_dir is not None else 0
+        if step >= runner.max_steps:  # nothing to load: no workers needed
             self.recovery.resumed(step)
             self.metrics.truncate_after(step)
             self.events.emit("nothing_to_do", f"Nothing left to do: the checkpoint is at step {step}, "
@@ -152,7 +152,6 @@ class Coordinator:
         start_s = time.perf_counter() - t0  # resources, worker processes (imports), process group
         stream = BatchStream(self.dataset, cfg.data.batch_size, runner.seed)
         parts = [ActorPart(fleet), RolloutPart(fleet), DataPart(stream)]
-        step = 0
         if start_dir is not None:
             t0 = time.perf_counter()
             state = self.manager.load(start_dir, parts)
