@@ -39,7 +39,34 @@ def env_for_tests(**extra: str) -> dict[str, str]:
     return env
 
 
-_SHARED_RAY = None  # ray.cluster_utils.Cluster of shared_ray_env(), started on first use
+def start_local_cluster(prefix: str, **head_node_args):
+    """A ray.cluster_utils.Cluster head on this machine in a short temp dir of its own (Ray's socket paths
+    have a length limit), dashboard off; ``stop_local_cluster`` shuts it down and removes the dir."""
+    from ray.cluster_utils import Cluster
+
+    tmp = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    (Path(tmp) / "ray").mkdir()
+    before = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = tmp  # Cluster records its address under $RAY_TMPDIR/ray
+    try:
+        cluster = Cluster(initialize_head=True,
+                          head_node_args={"temp_dir": tmp, "include_dashboard": False, **head_node_args})
+    finally:
+        os.environ.pop("RAY_TMPDIR") if before is None else os.environ.update(RAY_TMPDIR=before)
+    cluster.temp_dir = tmp
+    return cluster
+
+
+def stop_local_cluster(cluster) -> None:
+    import shutil
+
+    try:
+        cluster.shutdown()
+    finally:
+        shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+
+
+_SHARED_RAY = None  # the cluster of shared_ray_env(), started on first use
 
 
 def shared_ray_env(**extra: str) -> dict[str, str]:
@@ -48,28 +75,14 @@ def shared_ray_env(**extra: str) -> dict[str, str]:
     Runs whose test kills the driver's whole session (a lost machine) start their own instead."""
     global _SHARED_RAY
     if _SHARED_RAY is None:
-        from ray.cluster_utils import Cluster
-
-        tmp = tempfile.mkdtemp(prefix="rrs-", dir="/tmp")  # short: Ray's socket paths have a length limit
-        (Path(tmp) / "ray").mkdir()
-        before = os.environ.get("RAY_TMPDIR")
-        os.environ["RAY_TMPDIR"] = tmp  # Cluster records its address under $RAY_TMPDIR/ray
-        try:
-            _SHARED_RAY = Cluster(initialize_head=True, head_node_args={
-                "num_cpus": 8, "temp_dir": tmp, "include_dashboard": False})
-        finally:
-            os.environ.pop("RAY_TMPDIR") if before is None else os.environ.update(RAY_TMPDIR=before)
-        _SHARED_RAY.temp_dir = tmp
+        _SHARED_RAY = start_local_cluster("rrs-", num_cpus=8)
     return env_for_tests(RAY_ADDRESS=_SHARED_RAY.address, **extra)
 
 
 def stop_shared_ray() -> None:
     global _SHARED_RAY
     if _SHARED_RAY is not None:
-        import shutil
-
-        _SHARED_RAY.shutdown()
-        shutil.rmtree(_SHARED_RAY.temp_dir, ignore_errors=True)
+        stop_local_cluster(_SHARED_RAY)
         _SHARED_RAY = None
 
 

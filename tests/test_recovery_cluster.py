@@ -6,19 +6,15 @@ the weights of an uninterrupted run. Then Ctrl-C of a driver releases its worker
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
-from ray.cluster_utils import Cluster
 
 from tests.support import (
     RECOVERY_STEPS, assert_same_weights, descendants, env_for_tests, events_named, final_weights, kill_session,
-    last_step, output_of, recovery_times, rewards, spawn_rayrl, tracker_step, uninterrupted_run, wait_running,
-    wait_until,
+    last_step, output_of, recovery_times, rewards, spawn_rayrl, start_local_cluster, stop_local_cluster, tracker_step,
+    uninterrupted_run, wait_running, wait_until,
 )
 
 pytestmark = pytest.mark.slow
@@ -39,18 +35,11 @@ def reference(tmp_path_factory):
 def cluster():
     """A head with no CPUs (the driver and the coordinator, num_cpus=0, live there) and worker nodes added
     by the tests."""
-    tmp = tempfile.mkdtemp(prefix="rrc-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    (Path(tmp) / "ray").mkdir()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_TMPDIR", tmp)  # Cluster records its address under $RAY_TMPDIR/ray
-        c = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 0, "temp_dir": tmp, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECK})
-        c.temp_dir = tmp
-        try:
-            yield c
-        finally:
-            c.shutdown()
-            shutil.rmtree(tmp, ignore_errors=True)
+    c = start_local_cluster("rrc-", num_cpus=0, _system_config=FAST_HEALTH_CHECK)
+    try:
+        yield c
+    finally:
+        stop_local_cluster(c)
 
 
 def _raylet_pid(node) -> int:
