@@ -1,7 +1,8 @@
 """The coordinator: a restartable Ray actor that owns the step loop, the save schedule and recovery.
 
-Infrastructure failures (a worker, node or object lost; a hang) tear the fleet down, wait for resources,
-rebuild it and resume from this run's latest valid checkpoint. Program errors stop the run. When this
+Infrastructure failures (a worker, node or object lost; a hang) replace the worker groups they took
+down (the others are kept), wait for resources, and resume every group from this run's latest valid
+checkpoint. Program errors stop the run. When this
 process itself dies, Ray restarts it (max_restarts) and the driver's ``run`` call is retried: the new
 process resumes from this run's own latest checkpoint, never archiving, never going back to resume_dir.
 
@@ -96,11 +97,18 @@ class Coordinator:
                 return self._train(start_dir)
             except InfraFailure as failure:
                 where = self.fleet.location(failure.what) if self.fleet is not None else {}
-                self._teardown()
-                delay = self.recovery.failed(failure.what, failure.cause, failure.node or where.get("node"),
-                                             where.get("pid"), preemption=failure.preemption)
+                replaced = self._release_failed(failure)
+                try:
+                    delay = self.recovery.failed(failure.what, failure.cause, failure.node or where.get("node"),
+                                                 where.get("pid"), preemption=failure.preemption,
+                                                 replaced=replaced)
+                except RunFailed:
+                    self._teardown()
+                    raise
                 time.sleep(delay)
                 start_dir = self.manager.prepare(runner.resume_dir, runner.resume_mode, restarted=True)
+                if start_dir is None:  # nothing to load into the kept workers: they restart fresh too
+                    self._teardown()
             except Exception as err:
                 self._teardown()
                 self.events.emit("program_error", f"stopped by a program error (not retried): {err}",
@@ -109,6 +117,28 @@ class Coordinator:
             except BaseException:
                 self._teardown()
                 raise
+
+    def _release_failed(self, failure: InfraFailure) -> list[str] | None:
+        """Replace the groups ``failure`` took down and keep the others (they are reloaded from the
+        checkpoint, saving their start-up); the names of the groups replaced. A kept actor group first
+        finishes and drops its save in flight, whose directory the manager removes. Anything unexpected
+        here tears the whole fleet down, as does a failure that leaves no group standing."""
+        fleet = self.fleet
+        if fleet is None:
+            return None
+        every = [g.name for g in fleet.groups]
+        try:
+            failed = fleet.failed_groups(failure)
+            if failed != set(every):
+                if "actor" not in failed:
+                    fleet.wait_all(fleet.actor.call("abandon_save"), "actor")
+                self.manager.abort()
+                fleet.replace(failed)
+                return sorted(failed)
+        except Exception as err:  # noqa: BLE001 -- another worker lost, a hang: start from nothing
+            log.warning("keeping the workers that survived %s failed (%s); restarting every group", failure.what, err)
+        self._teardown()
+        return every
 
     def _report_own_loss(self) -> None:
         """This process replaces a dead coordinator (restarted by Ray) or a dead driver's (relaunched by
@@ -146,7 +176,9 @@ class Coordinator:
             self.events.emit("nothing_to_do", f"Nothing left to do: the checkpoint is at step {step}, "
                              f"runner.max_steps={runner.max_steps}", step=step, path=start_dir)
             return {"status": "done", "final_step": step}
-        self.fleet = fleet = Fleet(cfg, owner=self.actor_id)
+        if self.fleet is None:
+            self.fleet = Fleet(cfg, owner=self.actor_id)
+        fleet = self.fleet
         t0 = time.perf_counter()
         fleet.start(report=lambda message: self.events.emit("waiting_for_resources", message))
         start_s = time.perf_counter() - t0  # resources, worker processes (imports), process group

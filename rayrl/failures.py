@@ -9,6 +9,7 @@ from typing import Any, Callable
 import ray
 from ray.exceptions import (
     ActorPlacementGroupRemoved,
+    ActorUnavailableError,
     LocalRayletDiedError,
     NodeDiedError,
     ObjectLostError,
@@ -21,6 +22,8 @@ from ray.exceptions import (
 # ObjectLostError covers OwnerDiedError; RayActorError covers ActorDiedError and ActorUnavailableError.
 INFRA_ERRORS = (RayActorError, ObjectLostError, NodeDiedError, WorkerCrashedError, LocalRayletDiedError,
                 ActorPlacementGroupRemoved, OutOfMemoryError)
+# Errors that say a worker's node (not only its process) is in trouble: recovery moves every worker off it.
+NODE_ERRORS = (NodeDiedError, LocalRayletDiedError, ActorUnavailableError)
 
 # After a worker raises, how long to keep watching the other calls for a death before calling it a program
 # error: a dead peer shows first as a collective error in the survivors, and a killed raylet's actors answer
@@ -29,14 +32,23 @@ PEER_GRACE_S = 10.0
 
 
 class InfraFailure(Exception):
-    """A worker, node or object was lost, or a step hung: recover from the latest checkpoint."""
+    """A worker, node or object was lost, or a step hung: recover from the latest checkpoint.
 
-    def __init__(self, what: str, cause: str, node: str | None = None, preemption: bool = False) -> None:
+    ``what`` names the workers (``rollout[0]``, ``actor[0], actor[1]``) or the group (``actor``) that
+    failed; ``node_lost``: the error says their node, not only their process, is gone or going (a
+    preemption notice, an unreachable raylet), so no worker of that node is kept."""
+
+    def __init__(self, what: str, cause: str, node: str | None = None, preemption: bool = False,
+                 node_lost: bool = False) -> None:
         super().__init__(f"{what}: {cause}")
         self.what, self.cause, self.node, self.preemption = what, cause, node, preemption
+        self.node_lost = node_lost or preemption
+
+    def labels(self) -> list[str]:
+        return [label.strip() for label in self.what.split(",") if label.strip()]
 
     def __reduce__(self):  # the constructor's arguments, not the message: Ray pickles exceptions
-        return type(self), (self.what, self.cause, self.node, self.preemption)
+        return type(self), (self.what, self.cause, self.node, self.preemption, self.node_lost)
 
 
 class ProgramError(Exception):
@@ -68,9 +80,10 @@ def classify(label: str, err: BaseException) -> InfraFailure | ProgramError:
         return ProgramError(label, err)
     if isinstance(err, INFRA_ERRORS):
         return InfraFailure(label, f"{type(err).__name__}: {_last_line(err)}",
-                            preemption=bool(getattr(err, "preempted", False)))
+                            preemption=bool(getattr(err, "preempted", False)), node_lost=isinstance(err, NODE_ERRORS))
     if isinstance(err, RayTaskError) and isinstance(err.cause, INFRA_ERRORS):
-        return InfraFailure(label, f"{type(err.cause).__name__} inside the call: {_last_line(err.cause)}")
+        return InfraFailure(label, f"{type(err.cause).__name__} inside the call: {_last_line(err.cause)}",
+                            node_lost=isinstance(err.cause, NODE_ERRORS))
     return ProgramError(label, err)
 
 

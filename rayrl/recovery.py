@@ -41,7 +41,8 @@ class Recovery:
         self._pending: _Pending | None = None
 
     def failed(self, what: str, cause: str, node: str | None, pid: int | None = None, preemption: bool = False,
-               counted: bool = True, failure_time: float | None = None, event: str = "failure") -> float:
+               counted: bool = True, failure_time: float | None = None, event: str = "failure",
+               replaced: list[str] | None = None) -> float:
         """Record a failure; returns the backoff to sleep before rebuilding, or raises RunFailed past the
         budget. Preemptions are not counted, nor (``counted=False``) losses that another budget bounds (the
         coordinator's: Ray's max_restarts; the driver's: run_main.sh's). A failure during a recovery keeps
@@ -54,6 +55,8 @@ class Recovery:
         where = f"node {short(node)}" + (f", pid {pid}" if pid else "")
         self.history.append(f"{time.strftime('%H:%M:%S', time.localtime(failure_time))} {what} ({where}): {cause}")
         fields = {"what": what, "cause": cause, "node": node, "pid": pid, "preemption": preemption}
+        if replaced is not None:  # the worker groups restarted (the others were kept)
+            fields["replaced"] = replaced
         self._pending.fields = fields
         if self.restarts > self.max_restarts:
             self.events.emit("failure", f"{what} ({where}) failed: {cause}", **fields, counted=counted,
@@ -64,8 +67,9 @@ class Recovery:
         delay = min(MAX_BACKOFF_S, self.backoff_s * 2 ** (self.restarts - 1)) if counted else 0.0
         budget = (f"recovery {self.restarts}/{self.max_restarts}" if counted
                   else "not counted against runner.max_restarts")
+        restarting = f"restarting {', '.join(replaced)}, " if replaced else ""
         self.events.emit(event, f"{what} ({where}) failed: {cause}; recovering from the latest checkpoint "
-                         f"({budget}{f', backoff {delay:.1f} s' if delay else ''})",
+                         f"({restarting}{budget}{f', backoff {delay:.1f} s' if delay else ''})",
                          **fields, counted=counted, restarts=self.restarts, max_restarts=self.max_restarts,
                          backoff_s=delay)
         return delay

@@ -1,7 +1,8 @@
 """In-job recovery from the loss of a worker: SIGKILL of a rollout worker, of one actor rank and of the
 reference worker, each in the middle of its part of a step; SIGTERM (a preemption notice) to a worker; a
-hung worker. Each is detected, the fleet is rebuilt from this run's latest checkpoint, and the run ends with
-exit 0 and the same weights and per-step rewards, bit for bit, as a run that was never interrupted."""
+hung worker. Each is detected, the group that lost a worker is replaced (the others keep their processes and
+reload), every group resumes from this run's latest checkpoint, and the run ends with exit 0 and the same
+weights and per-step rewards, bit for bit, as a run that was never interrupted."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import time
 import pytest
 
 from tests.support import (
-    RECOVERY_STEPS, assert_same_weights, env_for_tests, events_named, final_weights, kill_session, last_step,
-    output_of, pid_busy_in, recovery_times, rewards, spawn_rayrl, tracker_step, uninterrupted_run, wait_running,
+    RECOVERY_STEPS, assert_same_weights, descendants, env_for_tests, events_named, final_weights, kill_session,
+    last_step, output_of, pid_busy_in, recovery_times, rewards, spawn_rayrl, tracker_step, uninterrupted_run,
+    wait_running,
 )
 
 pytestmark = pytest.mark.slow
@@ -22,6 +24,13 @@ pytestmark = pytest.mark.slow
 KILLS = [("ray::RolloutWorker.generate", "rollout[0]", 4),
          ("ray::ActorWorker.train_step", "actor[", 8),
          ("ray::ReferenceWorker.logprobs", "reference[0]", 12)]
+ROLES = {"actor": "ray::ActorWorker", "rollout": "ray::RolloutWorker", "reference": "ray::ReferenceWorker"}
+
+
+def worker_pids(root_pid: int) -> dict[str, set[int]]:
+    """The pids of each role's workers below the driver."""
+    below = descendants(root_pid)
+    return {role: {pid for pid, cmd in below if cmd.split(" ")[0].startswith(title)} for role, title in ROLES.items()}
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +40,16 @@ def reference(tmp_path_factory):
 
 def test_sigkill_of_each_worker_role_mid_step(reference, tmp_path):
     proc = spawn_rayrl(tmp_path, *RECOVERY_STEPS, "runner.max_restarts=3")
-    killed_at = []
+    killed_at, pids = [], []  # pids: each role's worker pids before each kill, then at the end
     try:
         for n, (title, _, checkpoint) in enumerate(KILLS):
             wait_running(proc, lambda: (tracker_step(tmp_path) or 0) >= checkpoint and
                          len(events_named(tmp_path, "recovered")) == n, 300, f"checkpoint of step {checkpoint}")
+            pids.append(worker_pids(proc.pid))
             os.kill(pid_busy_in(proc.pid, title, timeout=60), signal.SIGKILL)
             killed_at.append(time.time())
             wait_running(proc, lambda: len(events_named(tmp_path, "recovered")) > n, 300, f"recovery {n + 1}")
+        pids.append(worker_pids(proc.pid))
         rc = proc.wait(timeout=300)
     finally:
         kill_session(proc)
@@ -47,6 +58,11 @@ def test_sigkill_of_each_worker_role_mid_step(reference, tmp_path):
     failures = events_named(tmp_path, "failure")
     assert len(failures) == 3 and all(f["what"].startswith(label) for f, (_, label, _) in zip(failures, KILLS))
     assert all(f["counted"] and f["node"] and f["pid"] for f in failures), failures
+    for n, (f, (_, label, _)) in enumerate(zip(failures, KILLS)):  # only the killed worker's group restarted
+        role = label.split("[")[0]
+        assert f["replaced"] == [role], f
+        assert all(pids[n][r] == pids[n + 1][r] and pids[n][r] for r in ROLES if r != role), (role, pids)
+        assert not pids[n][role] & pids[n + 1][role], (role, pids)
     recovered = events_named(tmp_path, "recovered")
     for e, (_, _, checkpoint) in zip(recovered, KILLS):
         assert e["resumed_from"] >= checkpoint and e["resumed_from"] % 4 == 0, e

@@ -126,6 +126,14 @@ class ShardedCheckpointIO:
         self._staged = None  # the upload waited for the staging
         return pending.result()
 
+    def abandon(self) -> None:
+        """Let the save in flight finish and forget it, its error included: a recovery aborted that save
+        (the manager removes its directory) and this rank's state is about to be reloaded."""
+        try:
+            self.wait()
+        except Exception as err:  # noqa: BLE001 -- nothing depends on this save any more
+            log.info("dropped the aborted save in flight: %s", err)
+
     def written_files(self, directory: str) -> list[str]:
         """Paths (relative to ``directory``) of the files this rank's DCP save wrote."""
         names = [os.path.basename(p) for p in glob.glob(os.path.join(directory, f"__{self.rank}_*.distcp"))]

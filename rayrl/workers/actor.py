@@ -133,6 +133,11 @@ class ActorWorker(WorkerBase):
             self._save_digests = {**shards, **self._extra_digest}
         return self._save_digests
 
+    def abandon_save(self) -> None:
+        """Recovery keeps this rank: finish the save in flight and drop it (the manager aborted it)."""
+        self.ckpt.abandon()
+        self._save_digests = None
+
     def load_checkpoint(self, directory: str) -> None:
         """Load shards (resharding to this world size) and this rank's extra state."""
         self.ckpt.wait_staged()  # a save in flight must have copied the tensors out before they are loaded into

@@ -1,4 +1,5 @@
-"""The three worker groups of a run (actor, rollout, reference): built together, torn down together."""
+"""The three worker groups of a run (actor, rollout, reference): built together; after a failure only the
+groups that lost a worker (or sit on a lost node) are replaced, the others are kept and reloaded."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any, Callable
 import ray
 from ray.exceptions import RayActorError
 
-from rayrl.failures import gather
+from rayrl.failures import InfraFailure, gather
 from rayrl.workers.actor import ActorWorker
 from rayrl.workers.group import WorkerGroup
 from rayrl.workers.reference import ReferenceWorker
@@ -24,45 +25,72 @@ class Fleet:
 
     def __init__(self, cfg: Any, owner: str = "") -> None:
         """``owner``: the coordinator's actor id, which tags the placement groups (group.remove_leftovers)."""
-        self.cfg = cfg
-        self.actor = WorkerGroup("actor", ActorWorker, cfg.actor.world_size,
-                                 cfg.actor.num_cpus_per_worker, cfg.actor.num_gpus_per_worker, owner=owner)
-        self.rollout = WorkerGroup("rollout", RolloutWorker, cfg.rollout.num_workers,
-                                   cfg.rollout.num_cpus_per_worker, cfg.rollout.num_gpus_per_worker, "SPREAD",
-                                   owner=owner)
-        self.reference = (WorkerGroup("reference", ReferenceWorker, 1, cfg.reference.num_cpus_per_worker,
-                                      cfg.reference.num_gpus_per_worker, owner=owner)
-                          if cfg.reference.enabled else None)
+        self.cfg, self.owner = cfg, owner
+        self.actor = self._new_group("actor")
+        self.rollout = self._new_group("rollout")
+        self.reference = self._new_group("reference") if cfg.reference.enabled else None
         self.where: dict[str, dict[str, Any]] = {}  # label -> {"node", "pid"}, from the start-up pings
+
+    def _new_group(self, name: str) -> WorkerGroup:
+        """A group of role ``name`` with its placement group requested and no workers yet (see start)."""
+        cfg = self.cfg
+        role = getattr(cfg, name)
+        size = {"actor": cfg.actor.world_size, "rollout": cfg.rollout.num_workers, "reference": 1}[name]
+        return WorkerGroup(name, _CLASSES[name], size, role.num_cpus_per_worker, role.num_gpus_per_worker,
+                           "SPREAD" if name == "rollout" else "PACK", owner=self.owner)
 
     @property
     def groups(self) -> list[WorkerGroup]:
         return [g for g in (self.actor, self.rollout, self.reference) if g is not None]
 
     def start(self, report: Callable[[str], None] = log.info) -> None:
-        """Wait for resources, create every worker and join the actor ranks into one torch group.
+        """Wait for resources, create the workers of every group that has none (all of them at first, the
+        replaced ones after a failure) and, when the actor ranks are new, join them into one torch group.
         Start-up (processes importing torch, joining the group) is bounded like the wait for resources,
         not by the step timeout: a step is seconds, a cold start on a busy node may be much longer."""
-        runner = self.cfg.runner
-        for g in self.groups:
+        runner, cfg = self.cfg.runner, self.cfg
+        new = [g for g in self.groups if not g.workers]
+        for g in new:
             g.wait_ready(runner.resource_wait_s, report)
-        cfg = self.cfg
-        self.actor.spawn(lambda i: (cfg, i, cfg.actor.world_size))
-        self.rollout.spawn(lambda i: (cfg, i))
-        if self.reference is not None:
-            self.reference.spawn(lambda i: (cfg, i))
+        for g in new:
+            g.spawn(lambda i, g=g: (cfg, i, g.size) if g.name == "actor" else (cfg, i))
         bound = max(runner.step_timeout_s, runner.resource_wait_s)
-        labelled = self.labelled()
+        labelled = [(f"{g.name}[{i}]", w) for g in new for i, w in enumerate(g.workers)]
         pings = {label: w.ping.remote() for label, w in labelled}
-        ranks = [f"actor[{i}]" for i in range(self.actor.size)]
-        self._locate(ranks, self._gather([pings[r] for r in ranks], ranks, bound))
-        single_node = len({self.where[r]["node"] for r in ranks}) == 1
-        addr, port = self.wait(self.actor.workers[0].rendezvous_address.remote(single_node), "actor[0]")
-        # The ranks build the sharded policy while the other workers are still starting (it overlaps).
+        ranks = [f"actor[{i}]" for i in range(self.actor.size)] if self.actor in new else []
+        calls: list[ray.ObjectRef] = []
+        if ranks:
+            self._locate(ranks, self._gather([pings[r] for r in ranks], ranks, bound))
+            single_node = len({self.where[r]["node"] for r in ranks}) == 1
+            addr, port = self.wait(self.actor.workers[0].rendezvous_address.remote(single_node), "actor[0]")
+            calls = self.actor.call("setup", addr, port)  # builds the sharded policy while the others start
         others = [label for label, _ in labelled if label not in ranks]
-        results = self._gather(self.actor.call("setup", addr, port) + [pings[lb] for lb in others],
-                               ranks + others, bound)
-        self._locate(others, results[len(ranks):])
+        results = self._gather(calls + [pings[lb] for lb in others], ranks + others, bound)
+        self._locate(others, results[len(calls):])
+
+    def failed_groups(self, failure: InfraFailure) -> set[str]:
+        """The groups to replace after ``failure``: those of the failed workers, of any worker found dead
+        now, and of every worker on a node that is gone or going (a lost node, a preemption notice).
+        Everything when the failure names no group of this fleet."""
+        names = {g.name for g in self.groups}
+        labels = failure.labels()
+        failed = {label.split("[")[0] for label in labels}
+        if not failed or not failed <= names:
+            return names
+        failed |= {label.split("[")[0] for label in self.find_dead(skip=failed)}
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        lost = {info["node"] for info in self.where.values() if info["node"] not in alive}
+        if failure.node_lost:
+            lost |= {self.location(label)["node"] for label in labels} | ({failure.node} if failure.node else set())
+        failed |= {label.split("[")[0] for label, info in self.where.items() if info["node"] in lost}
+        return failed
+
+    def replace(self, names: set[str]) -> None:
+        """Kill the groups ``names`` and put new, empty ones in their place (``start`` brings them up)."""
+        for name in sorted(names):
+            getattr(self, name).kill()
+            setattr(self, name, self._new_group(name))
+            self.where = {label: info for label, info in self.where.items() if not label.startswith(f"{name}[")}
 
     def _locate(self, labels: list[str], pings: list[dict[str, Any]]) -> None:
         self.where.update({label: {"node": p["node"], "pid": p["pid"]} for label, p in zip(labels, pings)})
@@ -70,10 +98,11 @@ class Fleet:
     def labelled(self) -> list[tuple[str, ray.actor.ActorHandle]]:
         return [(f"{g.name}[{i}]", w) for g in self.groups for i, w in enumerate(g.workers)]
 
-    def find_dead(self) -> list[str]:
-        """Workers whose process or node is gone. Only an error answer means dead: a busy worker (e.g.
-        blocked in a collective) does not answer a ping within the probe bound and counts as alive."""
-        labelled = self.labelled()
+    def find_dead(self, skip: set[str] = frozenset()) -> list[str]:
+        """Workers whose process or node is gone (groups in ``skip`` not probed). Only an error answer
+        means dead: a busy worker (e.g. blocked in a collective) does not answer a ping within the probe
+        bound and counts as alive."""
+        labelled = [(label, w) for label, w in self.labelled() if label.split("[")[0] not in skip]
         probes = [w.ping.remote() for _, w in labelled]
         ready, _ = ray.wait(probes, num_returns=len(probes), timeout=PROBE_TIMEOUT_S)
         ready_set = set(ready)
@@ -121,3 +150,6 @@ class Fleet:
     def shutdown(self) -> None:
         for g in self.groups:
             g.kill()
+
+
+_CLASSES = {"actor": ActorWorker, "rollout": RolloutWorker, "reference": ReferenceWorker}
