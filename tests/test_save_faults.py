@@ -4,11 +4,13 @@ half one, and the run ends bit-exact with an uninterrupted one.
 
 Kills at exact points use a test-only ``sitecustomize`` (written below into a temp dir put first on
 PYTHONPATH, so every process of the run loads it): a Python audit hook that SIGKILLs its own process when
-it is about to open, create or rename a planned path. rayrl's code is not touched; each point fires once.
+it is about to open, create or rename a planned path (or makes that call fail with a given errno, the
+full-disk fallback where no small tmpfs can be mounted). rayrl's code is not touched; each point fires once.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 import re
@@ -53,6 +55,8 @@ def _install(plan_path):
             return  # every point fires once, whichever process gets there first
         os.write(fd, json.dumps({"pid": os.getpid(), "time": time.time(), "event": event, "path": path}).encode())
         os.close(fd)
+        if p.get("errno"):  # fail this one call as the OS would (e.g. ENOSPC) instead of dying
+            raise OSError(p["errno"], os.strerror(p["errno"]), path)
         if p.get("delay"):
             threading.Thread(target=lambda: (time.sleep(p["delay"]), die()), daemon=True).start()
         else:
@@ -127,13 +131,7 @@ def test_kills_during_saves_always_resume_from_a_complete_checkpoint_and_end_bit
     seed = random.randrange(1 << 30)
     ckpts = checkpoints_dir(tmp_path)
     plan = {"dir": str(tmp_path / "fired"), "points": _kill_plan(ckpts, random.Random(seed))}
-    (tmp_path / "fired").mkdir()
-    (tmp_path / "plan.json").write_text(json.dumps(plan))
-    hook_dir = tmp_path / "hook"
-    hook_dir.mkdir()
-    (hook_dir / "sitecustomize.py").write_text(_HOOK)
-    env = env_for_tests(RAYRL_TEST_KILL_PLAN=str(tmp_path / "plan.json"))
-    env["PYTHONPATH"] = f"{hook_dir}:{env['PYTHONPATH']}"
+    env = _env_with_plan(tmp_path, plan)
     overrides = [*RECOVERY_STEPS, "runner.save_interval=1", "runner.max_restarts=30"]
     proc = spawn_rayrl(tmp_path, *overrides, env=env)
     try:
@@ -160,6 +158,18 @@ def test_kills_during_saves_always_resume_from_a_complete_checkpoint_and_end_bit
     assert_same_weights(final_weights(tmp_path, MAX_STEPS), final_weights(uninterrupted, MAX_STEPS))
 
 
+def _env_with_plan(tmp_path: Path, plan: dict) -> dict[str, str]:
+    """The test environment with the fault hook loaded by every process of the run, following ``plan``."""
+    Path(plan["dir"]).mkdir()
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    hook_dir = tmp_path / "hook"
+    hook_dir.mkdir()
+    (hook_dir / "sitecustomize.py").write_text(_HOOK)
+    env = env_for_tests(RAYRL_TEST_KILL_PLAN=str(tmp_path / "plan.json"))
+    env["PYTHONPATH"] = f"{hook_dir}:{env['PYTHONPATH']}"
+    return env
+
+
 def _small_fs_available(tmp_path: Path) -> bool:
     """Whether this machine lets us mount a tmpfs in a private user and mount namespace (no root needed)."""
     if shutil.which("unshare") is None:
@@ -173,17 +183,23 @@ def _small_fs_available(tmp_path: Path) -> bool:
 def test_a_save_into_a_full_filesystem_leaves_the_earlier_checkpoints_loadable(uninterrupted, tmp_path):
     """The run's directory on a real 1.5 MB tmpfs (in a private mount namespace): two checkpoints fit, the
     third save fails with ENOSPC. The run stops with the error named, no temp dir is left, the earlier
-    checkpoints verify, and resuming from them (on a normal disk) ends bit-exact."""
-    if not _small_fs_available(tmp_path):
-        pytest.skip("no unprivileged mount namespace here to mount a small tmpfs")
+    checkpoints verify, and resuming from them (on a normal disk) ends bit-exact. Where no such tmpfs can
+    be mounted, the fault hook makes the third save's first shard fail with ENOSPC instead."""
     small, kept = tmp_path / "small", tmp_path / "kept"
     small.mkdir()
-    kept.mkdir()
-    run = shlex.join(rayrl_cmd(small, *RECOVERY_STEPS))
-    script = (f"mount -t tmpfs -o size=1536k tmpfs {shlex.quote(str(small))} || exit 97\n"
-              f"{run}\nrc=$?\ncp -a {shlex.quote(str(small))}/. {shlex.quote(str(kept))}/\nexit $rc\n")
-    proc = subprocess.run(["unshare", "-rm", "bash", "-c", script], cwd=REPO, env=env_for_tests(),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    if _small_fs_available(tmp_path):
+        kept.mkdir()
+        run = shlex.join(rayrl_cmd(small, *RECOVERY_STEPS))
+        script = (f"mount -t tmpfs -o size=1536k tmpfs {shlex.quote(str(small))} || exit 97\n"
+                  f"{run}\nrc=$?\ncp -a {shlex.quote(str(small))}/. {shlex.quote(str(kept))}/\nexit $rc\n")
+        proc = subprocess.run(["unshare", "-rm", "bash", "-c", script], cwd=REPO, env=env_for_tests(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    else:
+        kept = small
+        plan = {"dir": str(tmp_path / "fired"), "points": [
+            dict(event="open", pattern=_tmp(12) + r"/actor/__0_0\.distcp$", errno=errno.ENOSPC)]}
+        proc = subprocess.run(rayrl_cmd(small, *RECOVERY_STEPS), cwd=REPO, env=_env_with_plan(tmp_path, plan),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert proc.returncode == 3, proc.stdout[-4000:]  # stopped: a program error, not relaunched
     assert "No space left on device" in proc.stdout, proc.stdout[-4000:]
     ckpts = checkpoints_dir(kept)
