@@ -4,8 +4,9 @@ The rank-level checks run in a fresh process (its own torch.distributed group an
 what is written is the state at save time even though training changes it right after staging, staging takes at
 most one extra copy of the rank's state (and reuses it), a background failure comes back from ``wait``, an
 abandoned save (what recovery does) is forgotten with its error, and the digests handed back describe the files
-on disk. The end-to-end test kills a real run three times while a save is being written (the whole job once, then one actor rank twice) and checks each resume starts from
-the previous step and the run still ends bit-exactly like an uninterrupted one.
+on disk. The end-to-end test kills a real run three times while a save is being written (the whole job once,
+then one actor rank twice) and checks each resume starts from the previous step and the run still ends
+bit-exactly like an uninterrupted one.
 """
 
 from __future__ import annotations
