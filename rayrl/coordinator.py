@@ -2,9 +2,9 @@
 
 Infrastructure failures (a worker, node or object lost; a hang) replace the worker groups they took
 down (the others are kept), wait for resources, and resume every group from this run's latest valid
-checkpoint. Program errors stop the run. When this
-process itself dies, Ray restarts it (max_restarts) and the driver's ``run`` call is retried: the new
-process resumes from this run's own latest checkpoint, never archiving, never going back to resume_dir.
+checkpoint. Program errors stop the run. When this process itself dies, Ray restarts it (max_restarts)
+and the driver's ``run`` call is retried: the new process resumes from this run's own latest checkpoint,
+never archiving, never going back to resume_dir.
 
 The driver imports this module to launch the actor, so torch and what needs it (the data loader, the
 workers) are imported where the actor uses them, in its own process: the driver starts ~3 s sooner.
@@ -136,7 +136,8 @@ class Coordinator:
                 fleet.replace(failed)
                 return sorted(failed)
         except Exception as err:  # noqa: BLE001 -- another worker lost, a hang: start from nothing
-            log.warning("keeping the workers that survived %s failed (%s); restarting every group", failure.what, err)
+            log.warning("keeping the workers that survived %s failed (%s); restarting every group",
+                        failure.what, err)
         self._teardown()
         return every
 

@@ -80,7 +80,8 @@ def classify(label: str, err: BaseException) -> InfraFailure | ProgramError:
         return ProgramError(label, err)
     if isinstance(err, INFRA_ERRORS):
         return InfraFailure(label, f"{type(err).__name__}: {_last_line(err)}",
-                            preemption=bool(getattr(err, "preempted", False)), node_lost=isinstance(err, NODE_ERRORS))
+                            preemption=bool(getattr(err, "preempted", False)),
+                            node_lost=isinstance(err, NODE_ERRORS))
     if isinstance(err, RayTaskError) and isinstance(err.cause, INFRA_ERRORS):
         return InfraFailure(label, f"{type(err.cause).__name__} inside the call: {_last_line(err.cause)}",
                             node_lost=isinstance(err.cause, NODE_ERRORS))

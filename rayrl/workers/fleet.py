@@ -55,7 +55,7 @@ class Fleet:
         for g in new:
             g.spawn(lambda i, g=g: (cfg, i, g.size) if g.name == "actor" else (cfg, i))
         bound = max(runner.step_timeout_s, runner.resource_wait_s)
-        labelled = [(f"{g.name}[{i}]", w) for g in new for i, w in enumerate(g.workers)]
+        labelled = [(label, w) for label, w in self.labelled() if _group_of(label) in {g.name for g in new}]
         pings = {label: w.ping.remote() for label, w in labelled}
         ranks = [f"actor[{i}]" for i in range(self.actor.size)] if self.actor in new else []
         calls: list[ray.ObjectRef] = []
@@ -74,15 +74,15 @@ class Fleet:
         Everything when the failure names no group of this fleet."""
         names = {g.name for g in self.groups}
         labels = failure.labels()
-        failed = {label.split("[")[0] for label in labels}
+        failed = {_group_of(label) for label in labels}
         if not failed or not failed <= names:
             return names
-        failed |= {label.split("[")[0] for label in self.find_dead(skip=failed)}
+        failed |= {_group_of(label) for label in self.find_dead(skip=failed)}
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         lost = {info["node"] for info in self.where.values() if info["node"] not in alive}
         if failure.node_lost:
             lost |= {self.location(label)["node"] for label in labels} | ({failure.node} if failure.node else set())
-        failed |= {label.split("[")[0] for label, info in self.where.items() if info["node"] in lost}
+        failed |= {_group_of(label) for label, info in self.where.items() if info["node"] in lost}
         return failed
 
     def replace(self, names: set[str]) -> None:
@@ -90,7 +90,7 @@ class Fleet:
         for name in sorted(names):
             getattr(self, name).kill()
             setattr(self, name, self._new_group(name))
-            self.where = {label: info for label, info in self.where.items() if not label.startswith(f"{name}[")}
+            self.where = {label: info for label, info in self.where.items() if _group_of(label) != name}
 
     def _locate(self, labels: list[str], pings: list[dict[str, Any]]) -> None:
         self.where.update({label: {"node": p["node"], "pid": p["pid"]} for label, p in zip(labels, pings)})
@@ -102,7 +102,9 @@ class Fleet:
         """Workers whose process or node is gone (groups in ``skip`` not probed). Only an error answer
         means dead: a busy worker (e.g. blocked in a collective) does not answer a ping within the probe
         bound and counts as alive."""
-        labelled = [(label, w) for label, w in self.labelled() if label.split("[")[0] not in skip]
+        labelled = [(label, w) for label, w in self.labelled() if _group_of(label) not in skip]
+        if not labelled:
+            return []
         probes = [w.ping.remote() for _, w in labelled]
         ready, _ = ray.wait(probes, num_returns=len(probes), timeout=PROBE_TIMEOUT_S)
         ready_set = set(ready)
@@ -153,3 +155,8 @@ class Fleet:
 
 
 _CLASSES = {"actor": ActorWorker, "rollout": RolloutWorker, "reference": ReferenceWorker}
+
+
+def _group_of(label: str) -> str:
+    """The group of a worker label: ``actor`` for ``actor[1]`` (and for ``actor`` itself)."""
+    return label.split("[")[0]
