@@ -171,7 +171,8 @@ class Coordinator:
 
         cfg, runner = self.cfg, self.cfg.runner
         step = _step_of(start_dir) if start_dir is not None else 0
-        if step >= runner.max_steps:  # nothing to load: no workers needed
+        if step >= runner.max_steps:  # nothing to load: no workers needed (and none kept from a recovery)
+            self._teardown()
             self.recovery.resumed(step)
             self.metrics.truncate_after(step)
             self.events.emit("nothing_to_do", f"Nothing left to do: the checkpoint is at step {step}, "

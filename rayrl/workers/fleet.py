@@ -55,7 +55,8 @@ class Fleet:
         for g in new:
             g.spawn(lambda i, g=g: (cfg, i, g.size) if g.name == "actor" else (cfg, i))
         bound = max(runner.step_timeout_s, runner.resource_wait_s)
-        labelled = [(label, w) for label, w in self.labelled() if _group_of(label) in {g.name for g in new}]
+        new_names = {g.name for g in new}
+        labelled = [(label, w) for label, w in self.labelled() if _group_of(label) in new_names]
         pings = {label: w.ping.remote() for label, w in labelled}
         ranks = [f"actor[{i}]" for i in range(self.actor.size)] if self.actor in new else []
         calls: list[ray.ObjectRef] = []
