@@ -115,15 +115,6 @@ def output_of(proc: subprocess.Popen) -> str:
     return Path(proc.log_path).read_text()
 
 
-def kill_session(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    """Signal the driver's whole process group (Ray's local processes included) and reap it."""
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=60)
-
-
 def run_dir(output_dir: Path) -> Path:
     return output_dir / EXPERIMENT
 
@@ -287,15 +278,6 @@ def wait_running(proc: subprocess.Popen, predicate, timeout: float, what: str):
     return wait_until(check, timeout, what, interval=0.02)
 
 
-def kill_processes_below(root_pid: int) -> None:
-    """SIGKILL what a test left running below ``root_pid`` (Ray's agents outlive a killed driver)."""
-    for pid, _ in descendants(root_pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def session_processes(sid: int) -> list[int]:
     out = []
     for pid in process_table():
@@ -307,8 +289,11 @@ def session_processes(sid: int) -> list[int]:
     return out
 
 
-def kill_whole_session(proc: subprocess.Popen) -> None:
-    """SIGKILL every process of the test run's session, orphans included (a killed driver leaves some)."""
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL every process of the driver's session, as losing the machine would, and reap the driver. The
+    session, not the process group: Ray's workers each lead a group of their own, and left alive they run on
+    for seconds (a coordinator among them can finish a step and save it); a killed driver's orphans stay in
+    the session too."""
     for pid in session_processes(proc.pid):
         try:
             os.kill(pid, signal.SIGKILL)

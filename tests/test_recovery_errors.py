@@ -14,7 +14,7 @@ import pytest
 
 from tests.support import (
     FAST, RECOVERY_STEPS, REPO, assert_same_weights, env_for_tests, events_named, final_weights, kill_session,
-    kill_whole_session, last_step, output_of, pid_busy_in, rewards, spawn_rayrl, tracker_step,
+    last_step, output_of, pid_busy_in, rewards, spawn_rayrl, tracker_step,
     uninterrupted_run, wait_running,
 )
 
@@ -67,7 +67,7 @@ def test_past_max_restarts_the_run_fails_with_its_history_and_a_cold_restart_fin
         cold = time.time() - started
         rc = proc.wait(timeout=300)
     finally:
-        kill_whole_session(proc)
+        kill_session(proc)
     assert rc == 0, output_of(proc)[-3000:]
     assert rewards(tmp_path) == rewards(reference)
     assert_same_weights(final_weights(tmp_path, 20), final_weights(reference, 20))
@@ -80,7 +80,7 @@ def test_a_program_error_is_not_retried(tmp_path):
     try:
         rc = proc.wait(timeout=300)
     finally:
-        kill_whole_session(proc)
+        kill_session(proc)
     out = output_of(proc)
     assert rc == 3, out[-3000:]
     assert "rayrl: program error: ProgramError: step 2 raised FloatingPointError: non-finite grad_norm=nan" in out

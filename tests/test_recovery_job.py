@@ -16,7 +16,7 @@ import pytest
 
 from tests.support import (
     EXPERIMENT, FAST, RECOVERY_STEPS, REPO, assert_same_weights, descendants, env_for_tests, events_named,
-    final_weights, kill_whole_session, output_of, pid_busy_in, process_table, recovery_times, rewards, run_dir,
+    final_weights, kill_session, output_of, pid_busy_in, process_table, recovery_times, rewards, run_dir,
     session_processes, spawn_rayrl, tracker_step, uninterrupted_run, wait_running,
 )
 
@@ -50,7 +50,7 @@ def test_sigkill_of_the_coordinator_then_of_the_driver(reference, tmp_path):
         assert len(agents) == 1, "the killed driver's Ray daemons outlived it"
         rc = proc.wait(timeout=300)
     finally:
-        kill_whole_session(proc)  # Ray's agents of the killed driver's instance linger as orphans
+        kill_session(proc)  # Ray's agents of the killed driver's instance linger as orphans
     out = output_of(proc)
     assert rc == 0, out[-3000:]
     assert "driver exited with 137; relaunching (1/3) with runner.resume_mode=auto" in out

@@ -4,8 +4,8 @@ again with the same command ends with the same weights and per-step rewards as a
 from __future__ import annotations
 
 from tests.support import (
-    RESUME_STEPS, assert_same_weights, final_weights, kill_session, output_of, rewards, run_rayrl, spawn_rayrl,
-    tracker_step, uninterrupted_run, wait_until,
+    RESUME_STEPS, assert_same_weights, events_named, final_weights, kill_session, output_of, rewards, run_rayrl,
+    spawn_rayrl, tracker_step, uninterrupted_run, wait_until,
 )
 
 SYNC = "runner.checkpoint.async_save=false"
@@ -34,9 +34,11 @@ def test_sigkill_then_same_command_is_bit_exact(tmp_path_factory, tmp_path):
             kill_session(proc)
         out = output_of(proc)
         assert tracker_step(tmp_path) >= kill_after, out[-3000:]
-        assert kill_after == 2 or "Resumed from" in out, out[-3000:]
+        resumed = [e["step"] for e in events_named(tmp_path, "resumed")]
+        assert resumed == ([] if kill_after == 2 else [2]), out[-3000:]
     resumed = run_rayrl(tmp_path, *RESUME_STEPS, SYNC)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert "Resumed from" in resumed.stdout
+    assert [e["step"] for e in events_named(tmp_path, "resumed")] == [2, 4]
     assert rewards(tmp_path) == rewards(reference)  # each step once, same values
     assert_same_weights(final_weights(tmp_path, 6), final_weights(reference, 6))

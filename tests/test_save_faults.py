@@ -24,7 +24,7 @@ import pytest
 from rayrl.checkpoint.manifest import verify_checkpoint
 from tests.support import (
     RECOVERY_STEPS, REPO, assert_same_weights, checkpoints_dir, env_for_tests, events_named, final_weights,
-    kill_whole_session, output_of, rayrl_cmd, rewards, run_rayrl, spawn_rayrl, tracker_step, uninterrupted_run,
+    kill_session, output_of, rayrl_cmd, rewards, run_rayrl, spawn_rayrl, tracker_step, uninterrupted_run,
 )
 
 MAX_STEPS = 20  # RECOVERY_STEPS' (the uninterrupted run every fault test here compares with)
@@ -137,7 +137,7 @@ def test_kills_during_saves_always_resume_from_a_complete_checkpoint_and_end_bit
     try:
         proc.wait(timeout=1500)
     finally:
-        kill_whole_session(proc)
+        kill_session(proc)
     out = output_of(proc)
     context = f"seed {seed}, plan {json.dumps(plan['points'], indent=1)}\n{out[-5000:]}"
     assert proc.returncode == 0, context
