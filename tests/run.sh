@@ -22,12 +22,13 @@ run_pytest() {
 }
 
 # The vLLM stage's venv (pip downloading and unpacking, mostly waiting on the network and disk) is built in
-# the background while the main suite runs; its output is shown when the stage starts.
+# the background while the main suite runs, at the lowest CPU priority so that it takes only what the suite
+# leaves idle; its output is shown when the stage starts.
 vllm_setup_pid=""
 vllm_setup_log=""
 if (($# == 0)); then
     vllm_setup_log=$(mktemp -t rayrl-vllm-setup.XXXXXX)
-    bash scripts/setup_vllm_env.sh >"$vllm_setup_log" 2>&1 &
+    nice -n 19 bash scripts/setup_vllm_env.sh >"$vllm_setup_log" 2>&1 &
     vllm_setup_pid=$!
     trap 'kill "$vllm_setup_pid" 2>/dev/null; exit 130' INT TERM
 fi

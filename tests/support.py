@@ -16,14 +16,16 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = "t"
 
-# A small, fast job: two actor ranks, one rollout worker, the reference on; ~0.1 s per step here.
+# A small, fast job: two actor ranks, one rollout worker; ~0.1 s per step here. No reference worker (one
+# process less to start per run): the runs that test the KL term and that worker add WITH_REFERENCE.
 FAST = [
     f"runner.experiment_name={EXPERIMENT}",
     "actor.model.hidden_size=32", "actor.model.num_layers=2", "actor.model.num_heads=2",
     "actor.model.intermediate_size=64",
     "data.batch_size=4", "data.num_samples=32", "rollout.n_samples_per_prompt=4", "rollout.max_new_tokens=8",
-    "runner.restart_backoff_s=0.1",
+    "runner.restart_backoff_s=0.1", "reference.enabled=false",
 ]
+WITH_REFERENCE = "reference.enabled=true"
 
 
 def rayrl_cmd(output_dir: Path, *overrides: str) -> list[str]:
@@ -278,11 +280,13 @@ def wait_running(proc: subprocess.Popen, predicate, timeout: float, what: str):
     return wait_until(check, timeout, what, interval=0.02)
 
 
-def session_processes(sid: int) -> list[int]:
+def session_processes(sid: int, title: str = "") -> list[int]:
+    """Processes of session ``sid`` (a driver started by spawn_rayrl, its Ray and workers, orphans included)
+    whose command line starts with ``title``."""
     out = []
-    for pid in process_table():
+    for pid, (_, cmd) in process_table().items():
         try:
-            if os.getsid(pid) == sid:
+            if os.getsid(pid) == sid and cmd.startswith(title):
                 out.append(pid)
         except OSError:
             pass
@@ -323,8 +327,9 @@ def uninterrupted_run(tmp_path_factory, *overrides: str) -> Path:
 RECOVERY_STEPS = ("runner.max_steps=20", "runner.save_interval=4")
 
 # The config of the resume tests: 6 steps, a checkpoint every 2; 16 prompts in batches of 4, so an epoch is
-# 4 steps and the checkpoint of step 4 sits on the epoch boundary.
-RESUME_STEPS = ("runner.max_steps=6", "runner.save_interval=2", "data.num_samples=16")
+# 4 steps and the checkpoint of step 4 sits on the epoch boundary. With the reference: bit-exact resume
+# covers the KL term.
+RESUME_STEPS = ("runner.max_steps=6", "runner.save_interval=2", "data.num_samples=16", WITH_REFERENCE)
 
 
 def recovery_times(output_dir: Path, killed_at: list[float] | None = None) -> list[str]:

@@ -11,7 +11,6 @@ bit-exactly like an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import re
@@ -23,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import (
-    assert_same_weights, final_weights, output_of, rewards, run_dir, run_rayrl, spawn_rayrl, tracker_step,
-    wait_until,
+    assert_same_weights, events_named, final_weights, kill_session, output_of, rewards, run_dir, run_rayrl,
+    session_processes, spawn_rayrl, tracker_step, wait_until,
 )
 
 # A model whose shards take a few hundred ms to write here (about 170 MB of state over two ranks).
@@ -171,37 +170,6 @@ def _writing(out: Path, step: int) -> Path | None:
     return None
 
 
-def _session_pids(session: int, title: str = "") -> list[int]:
-    """Processes of a driver started by spawn_rayrl (in a session of its own): the driver, Ray's processes and
-    workers all share its session id, while Ray gives each worker a process group of its own."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if os.getsid(int(entry.name)) != session:
-                continue
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, ProcessLookupError):
-            continue
-        if cmdline.startswith(title):
-            pids.append(int(entry.name))
-    return pids
-
-
-def _kill(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _events(out: Path, name: str) -> list[dict]:
-    lines = (run_dir(out) / "events.jsonl").read_text().splitlines()
-    return [e for e in map(json.loads, lines) if e["event"] == name]
-
-
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
@@ -217,10 +185,8 @@ def test_sigkill_while_a_save_is_written_resumes_from_the_previous_step_bit_exac
     try:
         temp = wait_until(lambda: _writing(tmp_path, 2) or proc.poll() is not None, 600, "step 2's save",
                           interval=0.002)
-        _kill(_session_pids(proc.pid))
     finally:
-        _kill(_session_pids(proc.pid))
-        proc.wait(timeout=60)
+        kill_session(proc)
     assert isinstance(temp, Path), output_of(proc)[-3000:]
     assert not (temp / "actor" / ".metadata").exists()  # the kill landed before the shards were complete
     assert tracker_step(tmp_path) == 1
@@ -234,17 +200,16 @@ def test_sigkill_while_a_save_is_written_resumes_from_the_previous_step_bit_exac
             temp = wait_until(lambda: _writing(tmp_path, step) or proc.poll() is not None, 600,
                               f"step {step}'s save", interval=0.002)
             assert isinstance(temp, Path), output_of(proc)[-3000:]
-            _kill(_session_pids(proc.pid, "ray::ActorWorker")[:1])
+            os.kill(session_processes(proc.pid, "ray::ActorWorker")[0], signal.SIGKILL)
             assert not (temp / "actor" / ".metadata").exists()  # killed before the shards were complete
             wait_until(lambda: not temp.exists() or proc.poll() is not None, 300, "the dropped save's clean-up")
         proc.wait(timeout=600)
     finally:
-        _kill(_session_pids(proc.pid))
-        proc.wait(timeout=60)
+        kill_session(proc)
     output = output_of(proc)
     assert proc.returncode == 0, output[-3000:]
     assert re.search(r"Resumed from \S*global_step_1: next step 2", output), output[-3000:]
-    assert [e["step"] for e in _events(tmp_path, "resumed")] == [1, 2, 3]
-    assert len(_events(tmp_path, "failure")) == 2
+    assert [e["step"] for e in events_named(tmp_path, "resumed")] == [1, 2, 3]
+    assert len(events_named(tmp_path, "failure")) == 2
     assert rewards(tmp_path) == rewards(reference_run)
     assert_same_weights(final_weights(tmp_path, 4), final_weights(reference_run, 4))

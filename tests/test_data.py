@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -138,17 +138,15 @@ def test_file_task_errors(tmp_path):
         get_task(_data_cfg(task="jsonl", path=str(bad))).build_dataset(0, 0)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets is installed")
-def test_hf_dataset_without_datasets_names_path():
+def test_hf_dataset_without_datasets_names_path(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed: find_spec None, import fails
     with pytest.raises(ValueError, match=r"data.path='gsm8k'.*datasets"):
         get_task(_data_cfg(task="hf_dataset", path="gsm8k"))
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("pyarrow") is not None or importlib.util.find_spec("pandas") is not None,
-    reason="a parquet reader is installed",
-)
-def test_parquet_without_reader_names_path(tmp_path):
+def test_parquet_without_reader_names_path(tmp_path, monkeypatch):
+    for reader in ("pyarrow", "pandas"):
+        monkeypatch.setitem(sys.modules, reader, None)
     file = tmp_path / "x.parquet"
     file.write_bytes(b"")
     with pytest.raises(ValueError, match=r"data.path=.*x.parquet.*pyarrow"):

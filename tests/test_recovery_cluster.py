@@ -12,12 +12,14 @@ import time
 import pytest
 
 from tests.support import (
-    RECOVERY_STEPS, assert_same_weights, descendants, env_for_tests, events_named, final_weights, kill_session,
-    last_step, output_of, recovery_times, rewards, spawn_rayrl, start_local_cluster, stop_local_cluster, tracker_step,
-    uninterrupted_run, wait_running, wait_until,
+    RECOVERY_STEPS, WITH_REFERENCE, assert_same_weights, descendants, env_for_tests, events_named, final_weights,
+    kill_session, last_step, output_of, recovery_times, rewards, spawn_rayrl, start_local_cluster,
+    stop_local_cluster, tracker_step, uninterrupted_run, wait_running, wait_until,
 )
 
 pytestmark = pytest.mark.slow
+
+STEPS = (*RECOVERY_STEPS, WITH_REFERENCE)  # every role, the reference included
 
 # REFERENCES.md: with these the GCS declares a killed node dead in ~2 s instead of ~14 s.
 FAST_HEALTH_CHECK = {"health_check_period_ms": 500, "health_check_timeout_ms": 500,
@@ -28,7 +30,7 @@ WORKER_TITLES = ("ray::ActorWorker", "ray::RolloutWorker", "ray::ReferenceWorker
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    return uninterrupted_run(tmp_path_factory, *RECOVERY_STEPS)
+    return uninterrupted_run(tmp_path_factory, *STEPS)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,7 @@ def _workers_below(node) -> list[str]:
 
 def test_losing_the_node_of_the_workers_recovers_on_a_replacement(cluster, reference, tmp_path):
     doomed = cluster.add_node(num_cpus=WORKER_CPUS, temp_dir=cluster.temp_dir)
-    proc = spawn_rayrl(tmp_path, *RECOVERY_STEPS, env=env_for_tests(RAY_ADDRESS=cluster.address))
+    proc = spawn_rayrl(tmp_path, *STEPS, env=env_for_tests(RAY_ADDRESS=cluster.address))
     try:
         wait_running(proc, lambda: (tracker_step(tmp_path) or 0) >= 4 and last_step(tmp_path) >= 5, 300,
                      "step 5, after the checkpoint of step 4")
@@ -85,7 +87,7 @@ def test_ctrl_c_releases_workers_and_placement_groups(cluster, tmp_path):
     if not cluster.worker_nodes:
         cluster.add_node(num_cpus=WORKER_CPUS, temp_dir=cluster.temp_dir)
     (node,) = cluster.worker_nodes
-    proc = spawn_rayrl(tmp_path, *RECOVERY_STEPS, env=env_for_tests(RAY_ADDRESS=cluster.address))
+    proc = spawn_rayrl(tmp_path, *STEPS, env=env_for_tests(RAY_ADDRESS=cluster.address))
     try:
         wait_running(proc, lambda: last_step(tmp_path) >= 2, 300, "step 2")
         assert len(_workers_below(node)) == 4

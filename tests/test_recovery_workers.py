@@ -13,12 +13,14 @@ import time
 import pytest
 
 from tests.support import (
-    RECOVERY_STEPS, assert_same_weights, descendants, env_for_tests, events_named, final_weights, kill_session,
-    last_step, output_of, pid_busy_in, recovery_times, rewards, spawn_rayrl, tracker_step, uninterrupted_run,
-    wait_running,
+    RECOVERY_STEPS, WITH_REFERENCE, assert_same_weights, descendants, env_for_tests, events_named, final_weights,
+    kill_session, last_step, output_of, pid_busy_in, recovery_times, rewards, spawn_rayrl, tracker_step,
+    uninterrupted_run, wait_running,
 )
 
 pytestmark = pytest.mark.slow
+
+STEPS = (*RECOVERY_STEPS, WITH_REFERENCE)  # every role, the reference included
 
 # (process title while busy mid-step, the worker's label in events, checkpoint to wait for before the kill)
 KILLS = [("ray::RolloutWorker.generate", "rollout[0]", 4),
@@ -35,11 +37,11 @@ def worker_pids(root_pid: int) -> dict[str, set[int]]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    return uninterrupted_run(tmp_path_factory, *RECOVERY_STEPS)
+    return uninterrupted_run(tmp_path_factory, *STEPS)
 
 
 def test_sigkill_of_each_worker_role_mid_step(reference, tmp_path):
-    proc = spawn_rayrl(tmp_path, *RECOVERY_STEPS, "runner.max_restarts=3")
+    proc = spawn_rayrl(tmp_path, *STEPS, "runner.max_restarts=3")
     killed_at, pids = [], []  # pids: each role's worker pids before each kill, then at the end
     try:
         for n, (title, _, checkpoint) in enumerate(KILLS):
@@ -78,7 +80,7 @@ def test_sigterm_saves_the_current_step_and_a_hang_hits_the_step_timeout(referen
     save grid, and recovers from it without spending the budget; then a rollout worker hangs in step 14
     (test-only hook) and runner.step_timeout_s catches it, spending the one counted recovery."""
     env = env_for_tests(RAYRL_TEST_HANG_AT_STEP="14")
-    proc = spawn_rayrl(tmp_path, *RECOVERY_STEPS, "runner.max_restarts=1", "runner.step_timeout_s=8", env=env)
+    proc = spawn_rayrl(tmp_path, *STEPS, "runner.max_restarts=1", "runner.step_timeout_s=8", env=env)
     try:
         wait_running(proc, lambda: (tracker_step(tmp_path) or 0) >= 4 and last_step(tmp_path) >= 5, 300,
                      "step 5, after the checkpoint of step 4")
