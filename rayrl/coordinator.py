@@ -31,6 +31,7 @@ from rayrl.config import config_to_dict
 from rayrl.data.tasks import get_task
 from rayrl.failures import InfraFailure, check_finite
 from rayrl.recovery import Recovery, RunFailed
+from rayrl.run_lock import RunLock
 from rayrl.runlog import EventLog, EventLogHandler, MetricsLog
 from rayrl.workers.group import remove_leftovers
 
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
     from rayrl.workers.fleet import Fleet
 
 log = logging.getLogger(__name__)
+
+FRESH_LOCK_WAIT_S = 10.0  # a run stopped a moment ago (Ctrl-C, a kill) may still be ending its coordinator
+REPLACE_LOCK_WAIT_S = 60.0  # the dead driver's coordinator is killed by its Ray once that Ray notices
 
 __all__ = ["Coordinator", "RunFailed"]
 
@@ -67,6 +71,7 @@ class Coordinator:
         self.actor_id = ray.get_runtime_context().get_actor_id() or "driver"  # the same across restarts
         self.run_dir = Path(cfg.runner.log_path)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = RunLock(self.run_dir)
         manager_cls = load_manager_class(cfg.runner.checkpoint.manager_class)
         self.manager = manager_cls(cfg.runner.checkpoint, str(self.run_dir / "checkpoints"))
         self.task = get_task(cfg.data)
@@ -88,7 +93,18 @@ class Coordinator:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
-        """Train to ``max_steps``, recovering from infrastructure failures within the budget."""
+        """Train to ``max_steps``, recovering from infrastructure failures within the budget, as the run
+        directory's one writer (a process replacing a dead coordinator waits longer for the lock)."""
+        replacing = self.restarted or self.relaunch is not None
+        if not self.lock.acquire(wait_s=REPLACE_LOCK_WAIT_S if replacing else FRESH_LOCK_WAIT_S):
+            log.warning("%s: this filesystem has no flock; nothing stops a second run from writing this run "
+                        "directory", self.lock.path)
+        try:
+            return self._run()
+        finally:
+            self.lock.release()  # now, not when the process ends: the same command may start again at once
+
+    def _run(self) -> dict[str, Any]:
         runner = self.cfg.runner
         self._report_own_loss()
         start_dir = self.manager.prepare(runner.resume_dir, runner.resume_mode, self.restarted)
