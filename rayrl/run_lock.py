@@ -1,11 +1,11 @@
 """One writer per run directory: the coordinator holds an exclusive ``flock`` on ``<run dir>/.rayrl.lock``
-for as long as its process lives.
+while its ``run`` goes on (and drops it when that returns, or when its process dies).
 
 Two jobs started on the same ``output_dir/experiment_name`` would otherwise both write ``checkpoints/``:
 one's retention deleting the other's steps, the tracker naming a step the other replaced. The kernel drops
 the lock when the holder's process dies however it dies, so a crashed run never leaves a stale lock. A
-coordinator that replaces a dead one (Ray's restart, run_main.sh's relaunch) waits a while for the previous
-process to finish dying; a fresh start that finds the lock held is a usage error.
+coordinator that replaces a dead one (Ray's restart, run_main.sh's relaunch) waits longer for the previous
+process to finish dying; a lock still held after the wait is a usage error (exit 2 naming the holder).
 """
 
 from __future__ import annotations

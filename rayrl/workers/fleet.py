@@ -91,7 +91,7 @@ class Fleet:
         for name in sorted(names):
             getattr(self, name).kill()
             setattr(self, name, self._new_group(name))
-            self.where = {label: info for label, info in self.where.items() if _group_of(label) != name}
+        self.where = {label: info for label, info in self.where.items() if _group_of(label) not in names}
 
     def _locate(self, labels: list[str], pings: list[dict[str, Any]]) -> None:
         self.where.update({label: {"node": p["node"], "pid": p["pid"]} for label, p in zip(labels, pings)})
