@@ -1,4 +1,9 @@
-"""ActorWorker: one rank of the policy being trained (FSDP2 over a torch.distributed group)."""
+"""ActorWorker: one rank of the policy being trained (FSDP2 over a torch.distributed group).
+
+The coordinator imports this module for the class alone, on the path of every (re)start. FSDP and
+torch.distributed.checkpoint (DTensor pulls in sympy: ~1.4 s of imports) are imported in the methods that
+use them, in the actor processes, so that the coordinator creates the workers that much sooner.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +14,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
-)
 
 from rayrl.algorithms.grpo import policy_loss
-from rayrl.checkpoint.compat import model_mismatch
 from rayrl.checkpoint.manifest import file_digest
 from rayrl.checkpoint.rng import capture_rng_state, restore_rng_state
 from rayrl.checkpoint.safe_io import load_torch, save_torch
-from rayrl.checkpoint.sharded import ShardedCheckpointIO
 from rayrl.config import ConfigError
 from rayrl.models.forward import response_logprobs
 from rayrl.workers.base import WorkerBase
-from rayrl.workers.policy import build_optimizer, build_scheduler, build_sharded_policy
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +39,9 @@ class ActorWorker(WorkerBase):
 
     def setup(self, master_addr: str, master_port: int) -> None:
         """Join the group, build the sharded policy, optimizer and LR schedule."""
+        from rayrl.checkpoint.sharded import ShardedCheckpointIO
+        from rayrl.workers.policy import build_optimizer, build_scheduler, build_sharded_policy
+
         cfg = self.cfg
         use_cuda = cfg.actor.num_gpus_per_worker > 0
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
@@ -101,11 +100,15 @@ class ActorWorker(WorkerBase):
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Gather the full weights once (a collective); rank 0 returns them for the rollout workers."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
         sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return sd if self.rank == 0 else None
 
     # ---------------------------------------------------------------- checkpoint
     def _dcp_state(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         return {MODEL_KEY: model_sd, OPTIMIZER_KEY: optim_sd}
 
@@ -140,6 +143,10 @@ class ActorWorker(WorkerBase):
 
     def load_checkpoint(self, directory: str) -> None:
         """Load shards (resharding to this world size) and this rank's extra state."""
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        from rayrl.checkpoint.compat import model_mismatch
+
         self.ckpt.wait_staged()  # a save in flight must have copied the tensors out before they are loaded into
         state = self._dcp_state()
         # Read the metadata safely and check the shapes before DCP's own (unrestricted) unpickling and its
