@@ -33,8 +33,13 @@ if (($# == 0)); then
     trap 'kill "$vllm_setup_pid" 2>/dev/null; exit 130' INT TERM
 fi
 
+# The whole suite runs in two pytest processes (pytest-xdist): one job's start-up alone leaves a core idle a
+# quarter of the time (serial imports, waits), and two keep both busy. Modules that compare with the same
+# uninterrupted run share an xdist_group, so that run is made once (tests/support.py).
+parallel=()
+(($# == 0)) && parallel=(-n 2 --dist loadgroup)
 rc=0
-run_pytest python -m pytest "$@" || rc=$?
+run_pytest python -m pytest "${parallel[@]}" "$@" || rc=$?
 
 vllm_rc=0
 if [[ -z $vllm_setup_pid ]]; then

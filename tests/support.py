@@ -322,6 +322,10 @@ def uninterrupted_run(tmp_path_factory, *overrides: str) -> Path:
     return _UNINTERRUPTED[overrides]
 
 
+# tests/run.sh runs the suite in two pytest processes (pytest-xdist, --dist loadgroup). The modules that
+# compare with the same uninterrupted run below form one xdist_group (named after its config), so that one
+# process makes that run, once.
+
 # The config every recovery test runs (and compares with one uninterrupted run of): 20 steps of ~0.15 s,
 # a checkpoint every 4, so that kills land mid-run after a checkpoint and the run still has steps to go.
 RECOVERY_STEPS = ("runner.max_steps=20", "runner.save_interval=4")
