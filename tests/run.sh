@@ -34,10 +34,11 @@ if (($# == 0)); then
 fi
 
 # The whole suite runs in two pytest processes (pytest-xdist): one job's start-up alone leaves a core idle a
-# quarter of the time (serial imports, waits), and two keep both busy. Modules that compare with the same
-# uninterrupted run share an xdist_group, so that run is made once (tests/support.py).
+# quarter of the time (serial imports, waits), and two keep both busy. Each takes whole modules (their
+# module-scoped runs are made once); the uninterrupted runs several modules compare with are shared between
+# the two (tests/support.py: uninterrupted_run).
 parallel=()
-(($# == 0)) && parallel=(-n 2 --dist loadgroup)
+(($# == 0)) && parallel=(-n 2 --dist loadfile)
 rc=0
 run_pytest python -m pytest "${parallel[@]}" "$@" || rc=$?
 

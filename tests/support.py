@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,8 +63,6 @@ def start_local_cluster(prefix: str, **head_node_args):
 
 
 def stop_local_cluster(cluster) -> None:
-    import shutil
-
     try:
         cluster.shutdown()
     finally:
@@ -173,8 +174,6 @@ def checkpoints_dir(output_dir: Path) -> Path:
 
 def copy_run(src_output_dir: Path, dst_output_dir: Path) -> Path:
     """A copy of a finished run (checkpoints, metrics, events) to start another run from; returns its run dir."""
-    import shutil
-
     dst_output_dir.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copytree(run_dir(src_output_dir), run_dir(dst_output_dir)))
 
@@ -309,22 +308,25 @@ def kill_session(proc: subprocess.Popen) -> None:
         pass
 
 
-_UNINTERRUPTED: dict[tuple[str, ...], Path] = {}
-
-
 def uninterrupted_run(tmp_path_factory, *overrides: str) -> Path:
-    """One uninterrupted run per config for the whole session: every recovery test compares against it."""
-    if overrides not in _UNINTERRUPTED:
-        out = tmp_path_factory.mktemp("uninterrupted")
-        proc = run_rayrl(out, *overrides, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:]
-        _UNINTERRUPTED[overrides] = out
-    return _UNINTERRUPTED[overrides]
+    """One uninterrupted run per config for the whole session, every recovery test compares against it.
+    Shared by the session's pytest-xdist processes (tests/run.sh): the first to ask makes it under a file
+    lock in their common temp dir, the others wait for it and reuse it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # .../pytest-N/popen-gwK: the parent is the session's, shared by its processes
+    key = hashlib.sha256("\0".join(overrides).encode()).hexdigest()[:12]
+    out, done = root / f"uninterrupted-{key}", root / f"uninterrupted-{key}.done"
+    with open(root / f"uninterrupted-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when this process dies
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)  # a failed attempt's
+            out.mkdir()
+            proc = run_rayrl(out, *overrides, timeout=600)
+            assert proc.returncode == 0, proc.stdout[-3000:]
+            done.touch()
+    return out
 
-
-# tests/run.sh runs the suite in two pytest processes (pytest-xdist, --dist loadgroup). The modules that
-# compare with the same uninterrupted run below form one xdist_group (named after its config), so that one
-# process makes that run, once.
 
 # The config every recovery test runs (and compares with one uninterrupted run of): 20 steps of ~0.15 s,
 # a checkpoint every 4, so that kills land mid-run after a checkpoint and the run still has steps to go.

@@ -13,7 +13,6 @@ from rayrl.runlog import read_jsonl
 from tests.support import RESUME_STEPS, run_dir, uninterrupted_run
 
 T0 = 1_000_000.0
-pytestmark = pytest.mark.xdist_group("RESUME_STEPS")
 
 
 def _write(run: Path, metrics: list[dict], events: list[dict]) -> None:

@@ -17,7 +17,7 @@ from tests.support import (
     stop_local_cluster, tracker_step, uninterrupted_run, wait_running, wait_until,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("RECOVERY_STEPS+reference")]
+pytestmark = pytest.mark.slow
 
 STEPS = (*RECOVERY_STEPS, WITH_REFERENCE)  # every role, the reference included
 

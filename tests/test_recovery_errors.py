@@ -18,7 +18,7 @@ from tests.support import (
     uninterrupted_run, wait_running,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("RECOVERY_STEPS")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from tests.support import (
     session_processes, spawn_rayrl, tracker_step, uninterrupted_run, wait_running,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("RECOVERY_STEPS")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from tests.support import (
     uninterrupted_run, wait_running,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("RECOVERY_STEPS+reference")]
+pytestmark = pytest.mark.slow
 
 STEPS = (*RECOVERY_STEPS, WITH_REFERENCE)  # every role, the reference included
 

@@ -3,15 +3,12 @@ again with the same command ends with the same weights and per-step rewards as a
 
 from __future__ import annotations
 
-import pytest
-
 from tests.support import (
     RESUME_STEPS, assert_same_weights, events_named, final_weights, kill_session, output_of, rewards, run_rayrl,
     spawn_rayrl, tracker_step, uninterrupted_run, wait_until,
 )
 
 SYNC = "runner.checkpoint.async_save=false"
-pytestmark = pytest.mark.xdist_group("RESUME_STEPS")
 
 
 def test_same_seed_same_result(tmp_path_factory, tmp_path):

@@ -28,7 +28,6 @@ from tests.support import (
 )
 
 STEPS = RESUME_STEPS  # the checkpoint of step 4 sits on the epoch boundary
-pytestmark = pytest.mark.xdist_group("RESUME_STEPS")
 
 
 @pytest.fixture(scope="module")

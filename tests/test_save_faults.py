@@ -28,7 +28,6 @@ from tests.support import (
 )
 
 MAX_STEPS = 20  # RECOVERY_STEPS' (the uninterrupted run every fault test here compares with)
-pytestmark = pytest.mark.xdist_group("RECOVERY_STEPS")
 
 _HOOK = r'''
 """Test-only fault injection, written by tests/test_save_faults.py: SIGKILL this process at planned points."""
