@@ -36,11 +36,11 @@ fi
 # The whole suite runs in two pytest processes (pytest-xdist): one job's start-up alone leaves a core idle a
 # quarter of the time (serial imports, waits), and two keep both busy. Each takes whole modules (their
 # module-scoped runs are made once); the uninterrupted runs several modules compare with are shared between
-# the two (tests/support.py: uninterrupted_run).
-parallel=()
-(($# == 0)) && parallel=(-n 2 --dist loadfile)
+# the two (tests/support.py: uninterrupted_run). The slowest tests are listed at the end.
+whole_suite=()
+(($# == 0)) && whole_suite=(-n 2 --dist loadfile --durations=20)
 rc=0
-run_pytest python -m pytest "${parallel[@]}" "$@" || rc=$?
+run_pytest python -m pytest "${whole_suite[@]}" "$@" || rc=$?
 
 vllm_rc=0
 if [[ -z $vllm_setup_pid ]]; then
