@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -310,21 +309,25 @@ def kill_session(proc: subprocess.Popen) -> None:
 
 def uninterrupted_run(tmp_path_factory, *overrides: str) -> Path:
     """One uninterrupted run per config for the whole session, every recovery test compares against it.
-    Shared by the session's pytest-xdist processes (tests/run.sh): the first to ask makes it under a file
-    lock in their common temp dir, the others wait for it and reuse it."""
+    Shared by the session's pytest-xdist processes (tests/run.sh): the first to ask makes it holding a
+    RunLock on its directory in their common temp dir, the others wait for it and reuse it."""
+    from rayrl.run_lock import RunLock
+
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # .../pytest-N/popen-gwK: the parent is the session's, shared by its processes
-    key = hashlib.sha256("\0".join(overrides).encode()).hexdigest()[:12]
-    out, done = root / f"uninterrupted-{key}", root / f"uninterrupted-{key}.done"
-    with open(root / f"uninterrupted-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when this process dies
-        if not done.exists():
-            shutil.rmtree(out, ignore_errors=True)  # a failed attempt's
-            out.mkdir()
+    out = root / f"uninterrupted-{hashlib.sha256(chr(0).join(overrides).encode()).hexdigest()[:12]}"
+    out.mkdir(exist_ok=True)
+    lock = RunLock(out)  # out/.rayrl.lock; the run itself locks its run dir, out/EXPERIMENT
+    lock.acquire(wait_s=900)
+    try:
+        if not (out / ".done").exists():
+            shutil.rmtree(run_dir(out), ignore_errors=True)  # a failed attempt's
             proc = run_rayrl(out, *overrides, timeout=600)
             assert proc.returncode == 0, proc.stdout[-3000:]
-            done.touch()
+            (out / ".done").touch()
+    finally:
+        lock.release()
     return out
 
 
