@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-# TEST-ONLY fault hook (tests/test_recovery_*.py): a rollout worker hangs in this step, once per run.
+# TEST-ONLY fault hook (tests/test_recovery_*.py): a rollout worker hangs in these steps (comma-separated),
+# each once per run.
 TEST_HANG_ENV = "RAYRL_TEST_HANG_AT_STEP"
 
 
@@ -54,9 +55,10 @@ class WorkerBase:
             return host, s.getsockname()[1]
 
     def test_fault_hook(self, step: int) -> None:
-        """TEST-ONLY: with RAYRL_TEST_HANG_AT_STEP=N in the environment, hang forever in step N, once per run
-        directory (a marker file), so that a test can show runner.step_timeout_s catching a hang."""
-        if os.environ.get(TEST_HANG_ENV) != str(step):
+        """TEST-ONLY: with RAYRL_TEST_HANG_AT_STEP=N[,M...] in the environment, hang forever in step N (and M...),
+        once per run directory (a marker file), so that a test can show runner.step_timeout_s catching a hang or
+        kill a run at a known step."""
+        if str(step) not in os.environ.get(TEST_HANG_ENV, "").split(","):
             return
         try:
             (Path(self.cfg.runner.log_path) / f".test-hang-{step}").open("x").close()
