@@ -33,7 +33,7 @@ class Lifecycle:
 
 
 def overrides(settings: Settings) -> list[str]:
-    return [*model_overrides(settings.e2e_gb), f"runner.save_interval={SAVE_INTERVAL}",
+    return [*model_overrides(settings.e2e_gb), *settings.job_overrides, f"runner.save_interval={SAVE_INTERVAL}",
             "runner.max_steps=100000"]
 
 

@@ -64,7 +64,8 @@ def run(settings: Settings) -> list[Figure]:
     warmup = 2
     steps = warmup + phase * len(MODES) * cycles + 1  # + 1: the step that closes the last interval
     run = launch(settings.work_dir / "overhead", "phased", [
-        *model_overrides(settings.e2e_gb), f"runner.max_steps={steps}", "runner.save_interval=1",
+        *model_overrides(settings.e2e_gb), *settings.job_overrides, f"runner.max_steps={steps}",
+        "runner.save_interval=1",
         f"runner.checkpoint.manager_class={__name__}.PhasedManager",
         f"runner.checkpoint.phase_steps={phase}", f"runner.checkpoint.warmup={warmup}",
     ])
