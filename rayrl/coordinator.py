@@ -136,9 +136,8 @@ class Coordinator:
 
     def _release_failed(self, failure: InfraFailure) -> list[str] | None:
         """Replace the groups ``failure`` took down and keep the others (they are reloaded from the
-        checkpoint, saving their start-up); the names of the groups replaced. A kept actor group first
-        finishes and drops its save in flight, whose directory the manager removes. Anything unexpected
-        here tears the whole fleet down, as does a failure that leaves no group standing."""
+        checkpoint, saving their start-up); the names of the groups replaced. Anything unexpected here
+        tears the whole fleet down, as does a failure that leaves no group standing."""
         fleet = self.fleet
         if fleet is None:
             return None
@@ -146,9 +145,7 @@ class Coordinator:
         try:
             failed = fleet.failed_groups(failure)
             if failed != set(every):
-                if "actor" not in failed:
-                    fleet.wait_all(fleet.actor.call("abandon_save"), "actor")
-                self.manager.abort()
+                self._settle_save_in_flight(actor_kept="actor" not in failed)
                 fleet.replace(failed)
                 return sorted(failed)
         except Exception as err:  # noqa: BLE001 -- another worker lost, a hang: start from nothing
@@ -156,6 +153,20 @@ class Coordinator:
                         failure.what, err)
         self._teardown()
         return every
+
+    def _settle_save_in_flight(self, actor_kept: bool) -> None:
+        """An asynchronous save still writing when a group failed. Only the actor shards are written in the
+        background (every other part is on disk once the save call returns), so with the actor group kept
+        the step can still complete: let it finish and commit it, rather than lose it and redo its steps
+        (a rollout hang caught by the step timeout would otherwise fall back a whole save interval). With
+        the actor group lost, or the save failing, it is dropped and resume uses the step before."""
+        if actor_kept:
+            try:
+                self.manager.wait()
+                return
+            except CheckpointError as err:  # the manager dropped it; the kept ranks are clear of it
+                log.warning("the save in flight failed (%s); resuming from the checkpoint before it", err)
+        self.manager.abort()
 
     def _report_own_loss(self) -> None:
         """This process replaces a dead coordinator (restarted by Ray) or a dead driver's (relaunched by

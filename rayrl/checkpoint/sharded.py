@@ -22,7 +22,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import glob
-import logging
 import os
 import sys
 import threading
@@ -41,7 +40,6 @@ from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from rayrl.checkpoint.errors import CheckpointError
 from rayrl.checkpoint.manifest import Digest, file_digest
 
-log = logging.getLogger(__name__)
 
 METADATA_FILE = ".metadata"
 
@@ -125,14 +123,6 @@ class ShardedCheckpointIO:
         pending, self._pending = self._pending, None
         self._staged = None  # the upload waited for the staging
         return pending.result()
-
-    def abandon(self) -> None:
-        """Let the save in flight finish and forget it, its error included: a recovery aborted that save
-        (the manager removes its directory) and this rank's state is about to be reloaded."""
-        try:
-            self.wait()
-        except Exception as err:  # noqa: BLE001 -- nothing depends on this save any more
-            log.info("dropped the aborted save in flight: %s", err)
 
     def written_files(self, directory: str) -> list[str]:
         """Paths (relative to ``directory``) of the files this rank's DCP save wrote."""
