@@ -163,9 +163,11 @@ class Coordinator:
         if actor_kept:
             try:
                 self.manager.wait()
-                return
-            except CheckpointError as err:  # the manager dropped it; the kept ranks are clear of it
+            except CheckpointError as err:  # the manager dropped it
                 log.warning("the save in flight failed (%s); resuming from the checkpoint before it", err)
+            # A save the manager dropped earlier (another part failed as it began) may still be writing on the
+            # kept ranks: they finish it and forget it, its error included, before they are reloaded.
+            self.fleet.wait_all(self.fleet.actor.call("abandon_save"), "actor")
         self.manager.abort()
 
     def _report_own_loss(self) -> None:

@@ -2,10 +2,11 @@
 
 The rank-level checks run in a fresh process (its own torch.distributed group and a clean peak-RSS counter):
 what is written is the state at save time even though training changes it right after staging, staging takes at
-most one extra copy of the rank's state (and reuses it), a background failure comes back from ``wait`` once and
-the next save works, and the digests handed back describe the files on disk. The end-to-end test kills a real
-run twice while a save is being written (the whole job, then one actor rank) and checks each resume starts from
-the previous step and the run still ends bit-exactly like an uninterrupted one.
+most one extra copy of the rank's state (and reuses it), a background failure comes back from ``wait``, an
+abandoned save (what recovery does with one the manager dropped) is forgotten with its error, and the digests
+handed back describe the files on disk. The end-to-end test kills a real run twice while a save is being written
+(the whole job, then one actor rank) and checks each resume starts from the previous step and the run still
+ends bit-exactly like an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -109,6 +110,13 @@ def _rank_probe(tmp: str) -> dict:
     except Exception as err:  # noqa: BLE001 -- the point is what comes back
         result["failure"] = f"{type(err).__name__}: {err}"
     result["wait_after_failure"] = io.wait()
+    io.save(f"{tmp}/a_file/again", state(), async_save=True)  # fails too; a recovery abandons it
+    try:
+        io.abandon()
+        result["abandon_error"] = None
+    except Exception as err:  # noqa: BLE001
+        result["abandon_error"] = f"{type(err).__name__}: {err}"
+    result["wait_after_abandon"] = io.wait()
     io.save(f"{tmp}/after", state(), async_save=True)
     result["after_failure_names"] = sorted(io.wait())
     io.close()
@@ -139,9 +147,14 @@ def test_wait_returns_digests_of_the_written_files(rank_probe):
     assert rank_probe["digests_match_files"]
 
 
-def test_background_failure_comes_back_from_wait_once_and_the_next_save_works(rank_probe):
+def test_background_failure_comes_back_from_wait_once(rank_probe):
     assert rank_probe["failure"] is not None and "a_file" in rank_probe["failure"], rank_probe["failure"]
     assert rank_probe["wait_after_failure"] is None
+
+
+def test_an_abandoned_save_is_forgotten_with_its_error(rank_probe):
+    """What recovery does to a kept actor rank's save in flight: wait for it, drop it and its error."""
+    assert rank_probe["abandon_error"] is None and rank_probe["wait_after_abandon"] is None
     assert rank_probe["after_failure_names"] == [".metadata", "__0_0.distcp"]
 
 

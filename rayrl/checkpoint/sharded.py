@@ -22,7 +22,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import glob
+import logging
 import os
+import shutil
 import sys
 import threading
 import time
@@ -40,6 +42,7 @@ from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from rayrl.checkpoint.errors import CheckpointError
 from rayrl.checkpoint.manifest import Digest, file_digest
 
+log = logging.getLogger(__name__)
 
 METADATA_FILE = ".metadata"
 
@@ -124,6 +127,14 @@ class ShardedCheckpointIO:
         self._staged = None  # the upload waited for the staging
         return pending.result()
 
+    def abandon(self) -> None:
+        """Let the save in flight finish and forget it, its error included: the manager dropped that save
+        (and removes its directory) and this rank's state is about to be reloaded."""
+        try:
+            self.wait()
+        except Exception as err:  # noqa: BLE001 -- nothing depends on this save any more
+            log.info("dropped the aborted save in flight: %s", err)
+
     def written_files(self, directory: str) -> list[str]:
         """Paths (relative to ``directory``) of the files this rank's DCP save wrote."""
         names = [os.path.basename(p) for p in glob.glob(os.path.join(directory, f"__{self.rank}_*.distcp"))]
@@ -156,7 +167,26 @@ def _plain_errors(directory: str, what: str) -> Iterator[None]:
         yield
     except CheckpointException as err:
         causes = "; ".join(f"rank {rank}: {type(exc).__name__}: {exc}" for rank, (exc, _) in err.failures.items())
-        raise CheckpointError(directory, f"DCP {what} failed ({causes})") from None
+        note = _full_disk_note(directory, causes)  # first: long messages get shortened at the end
+        raise CheckpointError(directory, f"DCP {what} failed{note} ({causes})") from None
+
+
+FULL_DISK_BYTES = 16 << 20  # less free space than this after a failed write: name the full disk
+
+
+def _full_disk_note(directory: str, causes: str) -> str:
+    """torch's zip writer (DCP's items go through it) reports a full disk as "unexpected pos N", without the
+    OS error: when the filesystem is (nearly) full, say so, as the OS would."""
+    if "No space left on device" in causes:
+        return ""
+    path = directory
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return ""
+    return "" if free >= FULL_DISK_BYTES else f": No space left on device ({free} bytes free)"
 
 
 def _lowest_cpu_priority() -> None:

@@ -136,6 +136,11 @@ class ActorWorker(WorkerBase):
             self._save_digests = {**shards, **self._extra_digest}
         return self._save_digests
 
+    def abandon_save(self) -> None:
+        """Recovery keeps this rank: finish a save in flight the manager dropped, and forget it."""
+        self.ckpt.abandon()
+        self._save_digests = None
+
     def load_checkpoint(self, directory: str) -> None:
         """Load shards (resharding to this world size) and this rank's extra state."""
         from torch.distributed.checkpoint.state_dict import set_state_dict
