@@ -44,7 +44,7 @@ vllm_log=""
 if (($# == 0)); then
     vllm_log=$(mktemp -t rayrl-vllm-stage.XXXXXX)
     export -f run_pytest vllm_stage
-    setsid bash -c vllm_stage >"$vllm_log" 2>&1 &  # a session of its own: Ctrl-C stops all of it
+    setsid --wait bash -c vllm_stage >"$vllm_log" 2>&1 &  # a session of its own: Ctrl-C stops all of it
     vllm_pid=$!
     trap 'kill -TERM -- -"$vllm_pid" 2>/dev/null; exit 130' INT TERM
 fi
