@@ -17,6 +17,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,35 @@ def test_a_save_into_a_full_filesystem_leaves_the_earlier_checkpoints_loadable(u
     assert f"Resumed from {ckpts / f'global_step_{steps[-1]}'}" in resumed.stdout
     assert rewards(kept) == rewards(uninterrupted)
     assert_same_weights(final_weights(kept, MAX_STEPS), final_weights(uninterrupted, MAX_STEPS))
+
+
+_FULL_DISK_PROBE = """
+import sys
+from torch.distributed.checkpoint.api import CheckpointException
+from rayrl.checkpoint.sharded import _plain_errors
+try:
+    with _plain_errors(sys.argv[1] + "/actor", "write"):  # torch's zip writer on a full disk says only this:
+        raise CheckpointException("write", {0: (RuntimeError("unexpected pos 704 vs 598"), None),
+                                            1: (OSError(28, "No space left on device"), None)})
+except Exception as err:
+    print(err)
+"""
+
+
+def test_a_write_failing_on_a_full_filesystem_says_so_first(tmp_path):
+    """The CheckpointError of a DCP write that failed on a (nearly) full filesystem starts with the OS's
+    words, whatever rank 0 raised: the rank that got ENOSPC may come after a long cause, and the message is
+    shortened at its end on its way to the console. On a real 64 KB tmpfs."""
+    if not _small_fs_available(tmp_path):
+        pytest.skip("no private mount namespace here for a small tmpfs (the full-filesystem run covers it)")
+    small = tmp_path / "small"
+    small.mkdir()
+    script = f"mount -t tmpfs -o size=64k tmpfs {shlex.quote(str(small))} && " \
+             f"{shlex.quote(sys.executable)} -c {shlex.quote(_FULL_DISK_PROBE)} {shlex.quote(str(small))}"
+    out = subprocess.run(["unshare", "-rm", "bash", "-c", script], cwd=REPO, env=env_for_tests(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "/actor: DCP write failed: No space left on device (65536 bytes free) (rank 0: RuntimeError: " \
+           "unexpected pos 704 vs 598; rank 1: OSError: [Errno 28] No space left on device)" in out.stdout, (
+        out.stdout + out.stderr[-3000:])
+

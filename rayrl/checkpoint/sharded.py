@@ -167,18 +167,17 @@ def _plain_errors(directory: str, what: str) -> Iterator[None]:
         yield
     except CheckpointException as err:
         causes = "; ".join(f"rank {rank}: {type(exc).__name__}: {exc}" for rank, (exc, _) in err.failures.items())
-        note = _full_disk_note(directory, causes)  # first: long messages get shortened at the end
+        note = _full_disk_note(directory)  # first: long messages get shortened at the end
         raise CheckpointError(directory, f"DCP {what} failed{note} ({causes})") from None
 
 
 FULL_DISK_BYTES = 16 << 20  # less free space than this after a failed write: name the full disk
 
 
-def _full_disk_note(directory: str, causes: str) -> str:
+def _full_disk_note(directory: str) -> str:
     """torch's zip writer (DCP's items go through it) reports a full disk as "unexpected pos N", without the
-    OS error: when the filesystem is (nearly) full, say so, as the OS would."""
-    if "No space left on device" in causes:
-        return ""
+    OS error, and another rank's ENOSPC may come later in a message that gets shortened: when the filesystem
+    is (nearly) full, say so up front."""
     path = directory
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
