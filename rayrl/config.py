@@ -90,7 +90,7 @@ class CheckpointConfig:
     metric: Optional[str] = _field(None, _NONEMPTY)  # a key of the step's metrics, e.g. reward_mean
     metric_mode: str = _field("max", _one_of("max", "min"))  # whether a larger or smaller metric is better
     manager_class: Optional[str] = None  # dotted path "pkg.module.Class" of a custom CheckpointManager
-    verify_checksums: bool = True  # verify manifest checksums when choosing a checkpoint to resume
+    verify_checksums: bool = True  # verify manifest checksums on resume (DCP shards as the actor ranks read them)
     export_hf_every: int = _field(0, _ge(0))  # also export a HF model dir every N steps; 0 = never
 
 

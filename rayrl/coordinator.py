@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 import rayrl
-from rayrl.checkpoint.errors import CheckpointError
+from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid
 from rayrl.checkpoint.manager import load_manager_class
 from rayrl.checkpoint.manifest import read_manifest
 from rayrl.config import config_to_dict
@@ -126,6 +126,13 @@ class Coordinator:
                 if start_dir is None:  # nothing to load into the kept workers: they restart fresh too
                     self._teardown()
             except Exception as err:
+                if isinstance(err, CheckpointInvalid) and start_dir is not None and not os.path.exists(start_dir):
+                    # a file of the step failed its checksum while the workers read it: the manager moved
+                    # the step aside, so resume from the next valid one into the same workers
+                    start_dir = self.manager.prepare(runner.resume_dir, runner.resume_mode, restarted=True)
+                    if start_dir is None:  # the workers hold part of the damaged state: start them afresh
+                        self._teardown()
+                    continue
                 self._teardown()
                 self.events.emit("program_error", f"stopped by a program error (not retried): {err}",
                                  error=type(err).__name__)
