@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from rayrl.checkpoint import CheckpointInvalid, build_manifest, file_digest, verify_checkpoint, write_manifest
+from rayrl.checkpoint.manager import TRAINER_STATE_FILE, DefaultCheckpointManager
 from rayrl.checkpoint.manifest import is_dcp_data
 from rayrl.checkpoint.sharded import ShardedCheckpointIO
+from rayrl.config import CheckpointConfig
 
 
 def _state(seed: int = 0) -> dict:
@@ -32,6 +34,7 @@ def _committed_step(root: Path, thread_count: int = 1) -> tuple[Path, dict]:
     io = ShardedCheckpointIO(0, None, thread_count=thread_count)
     io.save(str(step / "actor"), state, async_save=False)
     digests = io.wait()
+    (step / TRAINER_STATE_FILE).write_text('{"global_step": 1}')
     write_manifest(step, build_manifest(step, known={f"actor/{k}": v for k, v in digests.items()}), step=1)
     return step, digests
 
@@ -83,3 +86,31 @@ def test_a_file_read_in_part_is_still_checked_whole(tmp_path):
     with pytest.raises(CheckpointInvalid, match=r"checksum mismatch for actor/__0_0\.distcp"):
         ShardedCheckpointIO(0, None).load(str(step / "actor"), {"model": _zeros_like(_state())["model"]})
     assert file_digest(step / "actor" / "__0_0.distcp")["size"] == len(data)
+
+
+class _ActorPart:
+    """The actor's share of a step as one rank loads it (what ``ActorWorker.load_checkpoint`` does)."""
+
+    name = "actor"
+
+    def load(self, directory: str) -> None:
+        ShardedCheckpointIO(0, None).load(directory, _zeros_like(_state()))
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through read calls so far (page-cache hits included)."""
+    line = next(ln for ln in Path("/proc/self/io").read_text().splitlines() if ln.startswith("rchar:"))
+    return int(line.split()[1])
+
+
+def test_a_resume_reads_each_shard_once(tmp_path):
+    """Finding the step to resume (with checksums on) and loading it read the DCP shards once in all."""
+    step, _ = _committed_step(tmp_path)
+    shards = sum(p.stat().st_size for p in (step / "actor").glob("*.distcp"))
+    manager = DefaultCheckpointManager(CheckpointConfig(), str(tmp_path))
+    for _ in range(2):  # the second time: without the reads of modules the first one imports
+        before = _bytes_read()
+        start = manager.prepare(None, "auto", restarted=False)
+        assert start == str(step)
+        assert manager.load(start, [_ActorPart()]) == {"global_step": 1}
+    assert shards <= _bytes_read() - before < 1.5 * shards
