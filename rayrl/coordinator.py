@@ -25,6 +25,7 @@ import ray
 
 import rayrl
 from rayrl.checkpoint.errors import CheckpointError
+from rayrl.checkpoint.format import CHECKPOINTS_DIR, M_STEP
 from rayrl.checkpoint.manager import load_manager_class
 from rayrl.checkpoint.manifest import read_manifest
 from rayrl.config import config_to_dict
@@ -73,7 +74,7 @@ class Coordinator:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lock = RunLock(self.run_dir)
         manager_cls = load_manager_class(cfg.runner.checkpoint.manager_class)
-        self.manager = manager_cls(cfg.runner.checkpoint, str(self.run_dir / "checkpoints"))
+        self.manager = manager_cls(cfg.runner.checkpoint, str(self.run_dir / CHECKPOINTS_DIR))
         self.task = get_task(cfg.data)
         self.dataset = self.task.build_dataset(cfg.data.num_samples, cfg.runner.seed)
         self.metrics = MetricsLog(self.run_dir)
@@ -287,6 +288,6 @@ def _step_of(step_dir: str) -> int:
     """The step a checkpoint holds, from its manifest; -1 when it has none (a custom manager's layout):
     then the workers load it and its trainer state says."""
     try:
-        return int(read_manifest(step_dir)["step"])
+        return int(read_manifest(step_dir)[M_STEP])
     except CheckpointError:
         return -1

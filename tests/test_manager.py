@@ -18,7 +18,7 @@ import pytest
 
 from examples.mirror_manager import MirrorConfig, MirrorManager
 from rayrl.checkpoint import CheckpointError, file_digest, verify_checkpoint
-from rayrl.checkpoint.layout import TRACKER_FILE
+from rayrl.checkpoint.format import TRACKER_FILE
 from rayrl.checkpoint.manager import DefaultCheckpointManager, load_manager_class
 from rayrl.config import CheckpointConfig, ConfigError, load_config
 from rayrl.failures import InfraFailure

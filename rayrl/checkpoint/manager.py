@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 from rayrl.checkpoint.errors import CheckpointError
-from rayrl.checkpoint.layout import TRACKER_FILE, CheckpointDir
+from rayrl.checkpoint.format import HF_DIR, M_STEP, M_TOTAL_BYTES, MANIFEST_FILE, TRACKER_FILE, TRAINER_STATE_FILE
+from rayrl.checkpoint.layout import CheckpointDir
 from rayrl.checkpoint.manifest import build_manifest, verify_checkpoint, write_manifest
 from rayrl.checkpoint.retention import select_steps_to_delete
 from rayrl.checkpoint.safe_io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-TRAINER_STATE_FILE = "trainer_state.json"
 Digests = dict[str, dict]
 
 
@@ -127,7 +127,7 @@ class DefaultCheckpointManager:
                 log.info("resume_mode=disable: archived earlier checkpoints into %s", archive)
             return None
         if resume_dir is not None:
-            step = verify_checkpoint(resume_dir, check_checksums=self.config.verify_checksums)["step"]
+            step = verify_checkpoint(resume_dir, check_checksums=self.config.verify_checksums)[M_STEP]
             self._supersede_after(step, resume_dir)
             return resume_dir
         return None
@@ -154,7 +154,7 @@ class DefaultCheckpointManager:
         return str(found[1]) if found else None
 
     def list_steps(self) -> list[int]:
-        return [s for s, p in self.dir.list_step_dirs() if (p / "manifest.json").is_file()]
+        return [s for s, p in self.dir.list_step_dirs() if (p / MANIFEST_FILE).is_file()]
 
     # -------------------------------------------------------------- save
     def save(self, step: int, participants: Sequence[Participant], trainer_state: dict[str, Any]) -> None:
@@ -212,7 +212,7 @@ class DefaultCheckpointManager:
         if not every or pending.step % every:
             return True
         if pending.export is None:
-            from rayrl.export import HF_DIR, export_hf
+            from rayrl.export import export_hf
 
             if self._exporter is None:
                 self._exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayrl-hf-export")
@@ -233,7 +233,7 @@ class DefaultCheckpointManager:
         except BaseException:
             shutil.rmtree(pending.temp_dir, ignore_errors=True)
             raise
-        log.info("Saved checkpoint %s (%.1f MB)", final, manifest["total_bytes"] / 1e6)
+        log.info("Saved checkpoint %s (%.1f MB)", final, manifest[M_TOTAL_BYTES] / 1e6)
         self._apply_retention(protected={pending.step})
         self.on_committed(pending.step, final)
         return pending.step
