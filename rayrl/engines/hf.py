@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from rayrl.algorithms.grpo import response_mask_from
 from rayrl.engines.base import Rollouts
 from rayrl.models.loading import load_model_and_tokenizer
+from rayrl.tensors import response_mask_from
 
 SEED_STRIDE = 1_000_003  # keeps the per-worker streams of different run seeds apart
 

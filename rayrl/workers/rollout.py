@@ -10,7 +10,7 @@ import torch
 from rayrl.checkpoint.format import rollout_state_file
 from rayrl.checkpoint.manifest import file_digest
 from rayrl.checkpoint.safe_io import load_torch, save_torch
-from rayrl.engines import Rollouts, make_engine
+from rayrl.engines import GenerationEngine, Rollouts
 from rayrl.workers.base import WorkerBase
 
 
@@ -37,3 +37,17 @@ class RolloutWorker(WorkerBase):
         path = os.path.join(directory, rollout_state_file(self.index))
         if os.path.exists(path):
             self.engine.load_state_dict(load_torch(path))
+
+
+def make_engine(cfg: Any, worker_index: int) -> GenerationEngine:
+    """The engine named by ``cfg.rollout.backend`` (imported here: vLLM is an optional extra)."""
+    backend = cfg.rollout.backend
+    if backend == "hf":
+        from rayrl.engines.hf import HFEngine
+
+        return HFEngine(cfg, worker_index)
+    if backend == "vllm":
+        from rayrl.engines.vllm import VLLMEngine
+
+        return VLLMEngine(cfg, worker_index)
+    raise ValueError(f"rollout.backend: unknown engine {backend!r} (known: hf, vllm)")
