@@ -195,7 +195,7 @@ class Coordinator:
 
     def _train(self, start_dir: str | None) -> dict[str, Any]:
         from rayrl.data.loader import BatchStream
-        from rayrl.participants import ActorPart, DataPart, RolloutPart
+        from rayrl.participants import ActorPart, DataPart, HFExportPart, RolloutPart
         from rayrl.step import run_step, sync_weights
         from rayrl.workers.fleet import Fleet
 
@@ -216,6 +216,7 @@ class Coordinator:
         start_s = time.perf_counter() - t0  # resources, worker processes (imports), process group
         stream = BatchStream(self.dataset, cfg.data.batch_size, runner.seed)
         parts = [ActorPart(fleet), RolloutPart(fleet), DataPart(stream)]
+        export, export_every = HFExportPart(fleet), cfg.runner.checkpoint.export_hf_every
         if start_dir is not None:
             t0 = time.perf_counter()
             state = self.manager.load(start_dir, parts)
@@ -242,7 +243,9 @@ class Coordinator:
             stopping = self.stop_reason is not None or bool(notices)
             if step % (runner.save_interval or runner.max_steps + 1) == 0 or step == runner.max_steps or stopping:
                 t0 = time.perf_counter()
-                self.manager.save(step, parts, self._trainer_state(step, metrics, stream))
+                exporting = export_every and step % export_every == 0
+                self.manager.save(step, [*parts, export] if exporting else parts,
+                                  self._trainer_state(step, metrics, stream))
                 blocking = time.perf_counter() - t0
                 self.events.emit("save", f"checkpoint of step {step}: training blocked {blocking:.2f}s",
                                  step=step, blocking_s=blocking)

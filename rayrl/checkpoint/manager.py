@@ -13,17 +13,15 @@ docs/checkpoint_manager.md describes the protocol, the participants and how to w
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
 import shutil
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 from rayrl.checkpoint.errors import CheckpointError, WorkerLost
-from rayrl.checkpoint.format import HF_DIR, M_STEP, M_TOTAL_BYTES, MANIFEST_FILE, TRACKER_FILE, TRAINER_STATE_FILE
+from rayrl.checkpoint.format import M_STEP, M_TOTAL_BYTES, MANIFEST_FILE, TRACKER_FILE, TRAINER_STATE_FILE
 from rayrl.checkpoint.layout import CheckpointDir
 from rayrl.checkpoint.manifest import build_manifest, verify_checkpoint, write_manifest
 from rayrl.checkpoint.retention import select_steps_to_delete
@@ -96,18 +94,16 @@ class _Pending:
     participants: list[Participant]
     digests: Digests = field(default_factory=dict)
     waiting: list[Participant] = field(default_factory=list)
-    export: Future | None = None  # the periodic HF export into the step, once the participants are done
 
 
 class DefaultCheckpointManager:
-    """Atomic per-step directories, async saves, manifest-verified resume, retention from disk,
-    periodic HF exports. Subclasses can act on each committed step through ``on_committed``."""
+    """Atomic per-step directories, async saves, manifest-verified resume, retention from disk.
+    Subclasses can act on each committed step through ``on_committed``."""
 
     def __init__(self, config: Any, checkpoint_dir: str) -> None:
         self.config = config
         self.dir = CheckpointDir(checkpoint_dir)
         self._pending: _Pending | None = None
-        self._exporter: ThreadPoolExecutor | None = None
 
     # -------------------------------------------------------------- where to start
     def prepare(self, resume_dir: str | None, resume_mode: str, restarted: bool) -> str | None:
@@ -193,7 +189,7 @@ class DefaultCheckpointManager:
                 if digests is not None:
                     pending.digests.update(_prefixed(p.name, digests))
                     pending.waiting.remove(p)
-            if pending.waiting or not self._exported(pending, block):
+            if pending.waiting:
                 return None
         except BaseException as err:
             self.abort()
@@ -202,25 +198,6 @@ class DefaultCheckpointManager:
             raise CheckpointError(pending.temp_dir, f"background save of step {pending.step} failed: "
                                   f"{type(err).__name__}: {err}") from err
         return self._commit()
-
-    def _exported(self, pending: _Pending, block: bool) -> bool:
-        """Whether the step's periodic HF export (``export_hf_every``) is done, starting it in the
-        background once the actor's shards are complete. It lands in ``hf/`` before the manifest is
-        written, so the manifest covers it and retention deletes it with its step."""
-        every = getattr(self.config, "export_hf_every", 0)
-        if not every or pending.step % every:
-            return True
-        if pending.export is None:
-            from rayrl.export import export_hf
-
-            if self._exporter is None:
-                self._exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayrl-hf-export")
-            pending.export = self._exporter.submit(export_hf, pending.temp_dir, pending.temp_dir / HF_DIR,
-                                                   verify=False)
-        if not block and not pending.export.done():
-            return False
-        pending.export.result()
-        return True
 
     def _commit(self) -> int:
         pending, self._pending = self._pending, None
@@ -245,8 +222,6 @@ class DefaultCheckpointManager:
     def abort(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
-            if pending.export is not None and not pending.export.cancel():
-                concurrent.futures.wait([pending.export])  # local work: let it finish, not recreate files later
             shutil.rmtree(pending.temp_dir, ignore_errors=True)
             log.warning("Dropped the unfinished save of step %d", pending.step)
 

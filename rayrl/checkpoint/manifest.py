@@ -72,6 +72,12 @@ def _list_files(root: Path) -> list[str]:
     return sorted(rels)
 
 
+def digest_tree(root_dir: str | os.PathLike[str]) -> dict[str, Digest]:
+    """Digests of every file under ``root_dir`` by relative POSIX path (what a writer reports of its part)."""
+    root = Path(root_dir)
+    return _digest_many(root, _list_files(root))
+
+
 def build_manifest(root_dir: str | os.PathLike[str], known: Mapping[str, Digest] | None = None) -> dict[str, Any]:
     """Digest every file under ``root_dir``, reusing digests that writers computed of their own files.
 

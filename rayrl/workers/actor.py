@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from rayrl.algorithms.grpo import policy_loss
 from rayrl.checkpoint.format import MODEL_KEY, OPTIMIZER_KEY, extra_state_file
-from rayrl.checkpoint.manifest import file_digest
+from rayrl.checkpoint.manifest import digest_tree, file_digest
 from rayrl.checkpoint.rng import capture_rng_state, restore_rng_state
 from rayrl.checkpoint.safe_io import load_torch, save_torch
 from rayrl.config import ConfigError
@@ -101,6 +101,29 @@ class ActorWorker(WorkerBase):
 
         sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return sd if self.rank == 0 else None
+
+    def export_hf(self, directory: str) -> dict[str, dict]:
+        """Write the policy as a Hugging Face model directory, every rank its own shards in parallel (a
+        collective); rank 0 adds the config and tokenizer and returns the digests of every file, the others
+        nothing. Reads the weights only: an async save still staging them is unaffected."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        from rayrl.checkpoint.hf import save_hf_weights
+
+        save_hf_weights(get_model_state_dict(self.model), directory, self.rank, tied=self._tied_names())
+        if self.rank != 0:
+            return {}
+        self.model.config.save_pretrained(directory)
+        self.model.generation_config.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return digest_tree(directory)
+
+    def _tied_names(self) -> set[str]:
+        """The second and later names of a parameter shared under several names (tied embeddings)."""
+        names: dict[int, list[str]] = {}
+        for name, param in self.model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(param), []).append(name)
+        return {name for same in names.values() for name in same[1:]}
 
     # ---------------------------------------------------------------- checkpoint
     def _dcp_state(self) -> dict[str, Any]:
