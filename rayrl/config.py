@@ -438,7 +438,9 @@ overrides:
   use interpolation, e.g. 'runner.log_path=${runner.output_dir}/x'.
 
 exit status:
-  0 the run finished; 2 bad config or usage; anything else: the run failed after its restart budget.
+  0 done; 2 bad config or usage; 1 the run failed after its restart budget (run_main.sh relaunches it);
+  3 a program error (an exception in rayrl's or your code: not retried); 75 stopped by a preemption
+  notice after saving (relaunched by run_main.sh); 130 interrupted by the user.
 """
 
 

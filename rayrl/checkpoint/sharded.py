@@ -12,8 +12,8 @@ at the next step boundary would block training for about as long as writing it. 
 at the lowest CPU priority, so that on a busy node it takes the cycles training leaves idle.
 
 DCP writes every tensor with ``torch.save``, which by default computes a CRC32 of each zip record: that
-doubled the CPU time of writing a shard (about 0.5 CPU-s per 0.46 GB here), and the manifest's CRC32 of
-every file already covers those bytes. So the process that owns a ``ShardedCheckpointIO`` turns torch's
+doubled the CPU time of writing a shard (README, "Measurements behind design choices"), and the manifest's
+CRC32 of every file already covers those bytes. So the process that owns a ``ShardedCheckpointIO`` turns torch's
 record CRC off (``torch.serialization.set_crc32_options``; ``torch.load`` reads such files as usual).
 """
 
@@ -191,8 +191,7 @@ def _lowest_cpu_priority() -> None:
     """Nice this thread (Linux schedules threads one by one) to the lowest priority: a background save
     then takes mostly CPU time that training leaves idle (generation keeps one worker busy at a time).
     Ray starts its workers at nice 15, so this is a small step down; the idle class (SCHED_IDLE) goes
-    further but measured worse (step time with a save every step 1.35x no saving, against 1.11x), likely
-    because a starved thread holding the GIL or the process's memory-map lock stalls the training thread
+    further but measured worse (README, "Measurements behind design choices"), likely because a starved thread holding the GIL or the process's memory-map lock stalls the training thread
     that waits for it. Elsewhere setpriority would nice the whole process, so it is left alone there."""
     if sys.platform == "linux":
         with contextlib.suppress(OSError):

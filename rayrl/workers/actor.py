@@ -1,8 +1,9 @@
 """ActorWorker: one rank of the policy being trained (FSDP2 over a torch.distributed group).
 
 The coordinator imports this module for the class alone, on the path of every (re)start. FSDP and
-torch.distributed.checkpoint (DTensor pulls in sympy: ~1.4 s of imports) are imported in the methods that
-use them, in the actor processes, so that the coordinator creates the workers that much sooner.
+torch.distributed.checkpoint (DTensor pulls in sympy, a slow import) are imported in the methods that use
+them, in the actor processes, so that the coordinator creates the workers sooner (README, "Measurements
+behind design choices").
 """
 
 from __future__ import annotations
