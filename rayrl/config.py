@@ -72,6 +72,12 @@ def _one_of(*choices: str) -> _Rule:
     return _Rule(lambda v: v in choices, f"must be one of {', '.join(choices)}")
 
 
+# GPUs per worker: NCCL refuses two ranks of one group on one GPU, so a rank has no GPU or whole GPUs;
+# Ray refuses fractions above 1, so any other worker has a share of one GPU or whole GPUs.
+_RANK_GPUS = _Rule(lambda v: v >= 0 and float(v).is_integer(), "must be 0 or a whole number (NCCL refuses two ranks on one GPU)")
+_WORKER_GPUS = _Rule(lambda v: v >= 0 and (v <= 1 or float(v).is_integer()),
+                     "must be <= 1 or a whole number (Ray refuses fractions above 1)")
+
 _NONEMPTY = _Rule(lambda v: v.strip() != "", "must not be empty")
 
 # Tasks that read a dataset from `data.path` instead of generating one.
@@ -148,7 +154,7 @@ class ActorConfig:
 
     world_size: int = _field(2, _ge(1))  # ranks of the policy
     num_cpus_per_worker: float = _field(1.0, _gt(0))  # Ray CPUs per rank
-    num_gpus_per_worker: float = _field(0.0, _ge(0))  # Ray GPUs per rank; > 0 means CUDA + nccl
+    num_gpus_per_worker: float = _field(0.0, _RANK_GPUS)  # Ray GPUs per rank, 0 or whole; > 0: CUDA + nccl
     micro_batch_size: int = _field(0, _ge(0))  # sequences per forward; 0 = the whole local batch at once
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -161,7 +167,7 @@ class RolloutConfig:
     backend: str = _field("hf", _one_of("hf", "vllm"))  # hf: transformers generate; vllm: the vllm extra
     num_workers: int = _field(1, _ge(1))  # generation engines
     num_cpus_per_worker: float = _field(1.0, _ge(0))  # Ray CPUs per engine
-    num_gpus_per_worker: float = _field(0.0, _ge(0))  # Ray GPUs per engine
+    num_gpus_per_worker: float = _field(0.0, _WORKER_GPUS)  # Ray GPUs per engine: <= 1 (shared) or whole
     tensor_parallel_size: int = _field(1, _ge(1))  # vllm tensor parallelism inside one engine
     n_samples_per_prompt: int = _field(8, _ge(2))  # the GRPO group size; a group needs at least 2
     max_new_tokens: int = _field(12, _ge(1))  # response length limit
@@ -175,7 +181,7 @@ class ReferenceConfig:
 
     enabled: bool = True  # false: no reference worker and no KL term
     num_cpus_per_worker: float = _field(1.0, _ge(0))  # Ray CPUs for the reference worker
-    num_gpus_per_worker: float = _field(0.0, _ge(0))  # Ray GPUs for the reference worker
+    num_gpus_per_worker: float = _field(0.0, _WORKER_GPUS)  # Ray GPUs for the reference worker: <= 1 or whole
 
 
 @dataclass
