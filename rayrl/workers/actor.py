@@ -43,13 +43,13 @@ class ActorWorker(WorkerBase):
         from rayrl.workers.policy import build_optimizer, build_scheduler, build_sharded_policy
 
         cfg = self.cfg
-        use_cuda = cfg.actor.num_gpus_per_worker > 0
-        self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        use_cuda = self.device.type == "cuda"
         dist.init_process_group(
             backend="cpu:gloo,cuda:nccl" if use_cuda else "gloo",
             init_method=f"tcp://{master_addr}:{master_port}",
             rank=self.rank, world_size=self.world_size,
             timeout=datetime.timedelta(seconds=max(60.0, cfg.runner.step_timeout_s)),
+            device_id=self.device if use_cuda else None,  # NCCL binds this device and connects eagerly
         )
         self.model, self.tokenizer = build_sharded_policy(cfg.actor.model, cfg.runner.seed,
                                                           self.world_size, self.device)
