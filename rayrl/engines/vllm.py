@@ -39,6 +39,10 @@ CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 CPU_KV_CACHE_BYTES = 512 << 20  # CPU KV cache; vLLM's VLLM_CPU_KVCACHE_SPACE (GiB) overrides it
 CPU_MAX_MODEL_LEN = 4096  # keeps a long-context model's one-request minimum inside that cache
 GPU_MEMORY_FRACTION = 0.85  # of this worker's GPU share, leaving room for the CUDA context and others
+# A shared GPU (num_gpus_per_worker < 1): vLLM would size the KV cache from the device's free-memory change
+# while it profiles, which counts the other processes' allocations (the co-located trainer, other engines
+# starting at the same time); so the cache gets a fixed part of this engine's share and profiling is skipped.
+SHARED_GPU_KV_CACHE_FRACTION = 0.25  # of this engine's share of the device's total memory
 
 
 def request_seed(run_seed: int, worker_index: int, step: int, sample_index: int) -> int:
@@ -106,6 +110,10 @@ class VLLMEngine:
         if on_gpu:
             args.update(gpu_memory_utilization=GPU_MEMORY_FRACTION * min(1.0, rollout.num_gpus_per_worker),
                         enable_sleep_mode=self.sleep_enabled)
+            if self.sleep_enabled:
+                total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+                share = rollout.num_gpus_per_worker * total
+                args.update(kv_cache_memory_bytes=int(SHARED_GPU_KV_CACHE_FRACTION * share))
         else:
             args.update(kv_cache_memory_bytes=CPU_KV_CACHE_BYTES)
         if model_cfg.path is None:

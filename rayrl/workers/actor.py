@@ -89,6 +89,7 @@ class ActorWorker(WorkerBase):
             self.optimizer.step()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
+        self._release_cached_memory()
         norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         scale = 1.0 / acfg.ppo_epochs
         return {**{k: v * scale for k, v in sums.items()}, "grad_norm": float(norm), "lr": lr,
@@ -103,7 +104,17 @@ class ActorWorker(WorkerBase):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        self._release_cached_memory()
         return sd if self.rank == 0 else None
+
+    def _release_cached_memory(self) -> None:
+        """On a GPU shared with engines (a fractional rollout or reference share), hand the allocator's
+        cached blocks back after training and after the weight gather, so that the engines can use them."""
+        cfg = self.cfg
+        engines = [cfg.rollout, cfg.reference] if cfg.reference.enabled else [cfg.rollout]
+        shared = [r for r in engines if 0 < r.num_gpus_per_worker < 1]
+        if self.device.type == "cuda" and shared:
+            torch.cuda.empty_cache()
 
     # ---------------------------------------------------------------- checkpoint
     def _dcp_state(self) -> dict[str, Any]:
