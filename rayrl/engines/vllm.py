@@ -161,10 +161,14 @@ class VLLMEngine:
                     n=1, temperature=self.temperature, top_p=self.top_p, top_k=0,
                     max_tokens=self.max_new_tokens, stop_token_ids=[self.eos_id], detokenize=False,
                     seed=request_seed(self.run_seed, self.worker_index, step, i * n + j)))
+        if "weights" in self.asleep:
+            raise RuntimeError("vLLM engine: generate before load_weights; its weights were dropped by sleep")
         self._wake(self.asleep)
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         if self.sleep_enabled:
-            self.llm.sleep(level=1)  # weights to host memory, KV cache dropped, until the next sync
+            # Level 2 drops the weights instead of copying them to host memory (level 1) and back on waking:
+            # every wake here is followed by a weight sync that overwrites them anyway.
+            self.llm.sleep(level=2)
             self.asleep = ["weights", "kv_cache"]
         response = torch.full((len(outputs), self.max_new_tokens), self.pad_id, dtype=torch.long)
         for row, out in enumerate(outputs):
