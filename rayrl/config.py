@@ -74,7 +74,8 @@ def _one_of(*choices: str) -> _Rule:
 
 # GPUs per worker: NCCL refuses two ranks of one group on one GPU, so a rank has no GPU or whole GPUs;
 # Ray refuses fractions above 1, so any other worker has a share of one GPU or whole GPUs.
-_RANK_GPUS = _Rule(lambda v: v >= 0 and float(v).is_integer(), "must be 0 or a whole number (NCCL refuses two ranks on one GPU)")
+_RANK_GPUS = _Rule(lambda v: v >= 0 and float(v).is_integer(),
+                   "must be 0 or a whole number (NCCL refuses two ranks on one GPU)")
 _WORKER_GPUS = _Rule(lambda v: v >= 0 and (v <= 1 or float(v).is_integer()),
                      "must be <= 1 or a whole number (Ray refuses fractions above 1)")
 
@@ -156,6 +157,7 @@ class ActorConfig:
     num_cpus_per_worker: float = _field(1.0, _gt(0))  # Ray CPUs per rank
     num_gpus_per_worker: float = _field(0.0, _RANK_GPUS)  # Ray GPUs per rank, 0 or whole; > 0: CUDA + nccl
     micro_batch_size: int = _field(0, _ge(0))  # sequences per forward; 0 = the whole local batch at once
+    mixed_precision: bool = False  # FSDP2 computes in bfloat16, float32 master weights and gradient reduction
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -276,6 +278,9 @@ def validate(cfg: RayRLConfig) -> None:
         raise ConfigError(f"actor.world_size: must be <= data.batch_size * rollout.n_samples_per_prompt, "
                           f"or some ranks get no sample (got {cfg.actor.world_size})")
     model = cfg.actor.model
+    if cfg.actor.mixed_precision and model.dtype != "float32":
+        raise ConfigError(f"actor.mixed_precision: needs actor.model.dtype float32 for the master weights "
+                          f"(got {model.dtype})")
     if model.path is None and model.hidden_size % model.num_heads != 0:
         raise ConfigError(
             f"actor.model.hidden_size: must be a multiple of actor.model.num_heads "

@@ -106,6 +106,8 @@ def test_interpolation_defaults_overrides_and_user_yaml(tmp_path: Path) -> None:
         ("", ["runner.max_steps"], "override 'runner.max_steps': expected key=value"),
         ("", ["configs/x.yaml"], "override 'configs/x.yaml': expected key=value (did you mean --config"),
         ("", ["a..b=1"], "override 'a..b=1': 'a..b' is not a dotted key"),
+        ("", ["actor.mixed_precision=true", "actor.model.dtype=bfloat16"],
+         "actor.mixed_precision: needs actor.model.dtype float32 for the master weights (got bfloat16)"),
         ("", ["actor.num_gpus_per_worker=0.5"], "actor.num_gpus_per_worker: must be 0 or a whole number"),
         ("", ["actor.num_gpus_per_worker=1.5"], "actor.num_gpus_per_worker: must be 0 or a whole number"),
         ("", ["rollout.num_gpus_per_worker=1.5"], "rollout.num_gpus_per_worker: must be <= 1 or a whole number"),

@@ -101,7 +101,9 @@ class VLLMEngine:
         self.sleep_enabled = on_gpu and rollout.num_gpus_per_worker < 1
         self.asleep: list[str] = []  # the vLLM memory tags now released
         args: dict[str, Any] = dict(
-            dtype=model_cfg.dtype, seed=cfg.runner.seed, skip_tokenizer_init=True,
+            # the dtype the actor computes in: bfloat16 under actor.mixed_precision (weights arrive in float32)
+            dtype="bfloat16" if cfg.actor.mixed_precision else model_cfg.dtype,
+            seed=cfg.runner.seed, skip_tokenizer_init=True,
             trust_remote_code=model_cfg.trust_remote_code, generation_config="vllm",
             tensor_parallel_size=rollout.tensor_parallel_size,
             distributed_executor_backend="mp" if rollout.tensor_parallel_size > 1 else "uni",

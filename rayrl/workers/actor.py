@@ -51,8 +51,8 @@ class ActorWorker(WorkerBase):
             timeout=datetime.timedelta(seconds=max(60.0, cfg.runner.step_timeout_s)),
             device_id=self.device if use_cuda else None,  # NCCL binds this device and connects eagerly
         )
-        self.model, self.tokenizer = build_sharded_policy(cfg.actor.model, cfg.runner.seed,
-                                                          self.world_size, self.device)
+        self.model, self.tokenizer = build_sharded_policy(cfg.actor.model, cfg.runner.seed, self.world_size,
+                                                          self.device, cfg.actor.mixed_precision)
         self.optimizer = build_optimizer(self.model, cfg.actor.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.actor.optim, cfg.runner.max_steps)
         self.ckpt = ShardedCheckpointIO(self.rank, dist.new_group(backend="gloo"))
