@@ -118,6 +118,7 @@ class RunnerConfig:
     step_timeout_s: float = _field(600.0, _gt(0))  # a step without progress this long counts as a hang
     resource_wait_s: float = _field(120.0, _gt(0))  # how long recovery waits for resources to come back
     save_on_preemption: bool = True  # on SIGTERM / node drain, checkpoint at the next step boundary
+    deterministic: bool = False  # GPU: deterministic kernels (torch, cuBLAS, vLLM batch-invariant); CPU is always exact
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 

@@ -1,4 +1,4 @@
-"""The device a worker process computes on: CPU, or the CUDA device Ray assigned to it.
+"""The device a worker process computes on (CPU, or the CUDA device Ray assigned to it), and its kernels.
 
 Ray normally sets CUDA_VISIBLE_DEVICES to the GPUs it assigned, so the first visible device is the
 worker's; with RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES (or a launcher that sets the variable itself) it
@@ -40,3 +40,13 @@ def worker_device(num_gpus_key: str, num_gpus: float) -> torch.device:
     index = cuda_index(_assigned_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"))
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
+
+
+def use_deterministic_kernels() -> None:
+    """``runner.deterministic``: deterministic torch kernels (an error where an op has none), cuBLAS with a
+    fixed workspace (set before the first cuBLAS call), and vLLM's batch-invariant kernels (read when vLLM is
+    imported, after this). On CPU rayrl is bit-exact without any of this."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    os.environ["VLLM_BATCH_INVARIANT"] = "1"
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
