@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from rayrl.workers.devices import use_deterministic_kernels, worker_device
+
 # TEST-ONLY fault hook (tests/test_recovery_*.py): a rollout worker hangs in these steps (comma-separated),
 # each once per run.
 TEST_HANG_ENV = "RAYRL_TEST_HANG_AT_STEP"
@@ -27,8 +29,9 @@ class WorkerBase:
         torch.set_num_threads(int(os.environ.get("RAYRL_WORKER_THREADS", "1")))
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         self.preemption_notice = False
-        if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES"):
-            torch.cuda.set_device(0)
+        if cfg.runner.deterministic:
+            use_deterministic_kernels()  # before the first CUDA call
+        self.device = worker_device(f"{role}.num_gpus_per_worker", getattr(cfg, role).num_gpus_per_worker)
         try:
             signal.signal(signal.SIGTERM, self._on_sigterm)  # replaces Ray's handler, which would exit
         except ValueError:  # not the main thread (threaded actors): no notice handling

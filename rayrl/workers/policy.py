@@ -10,19 +10,24 @@ from typing import Any
 
 import torch
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 
-def build_sharded_policy(model_cfg: Any, seed: int, world_size: int, device: torch.device):
-    """Load the policy (identical on every rank), then shard each decoder layer and the root with FSDP2."""
+def build_sharded_policy(model_cfg: Any, seed: int, world_size: int, device: torch.device,
+                         mixed_precision: bool = False):
+    """Load the policy (identical on every rank), then shard each decoder layer and the root with FSDP2.
+    ``mixed_precision``: the float32 parameters stay the master copy (sharded, updated by the optimizer);
+    FSDP2 gathers them as bfloat16 for compute and reduces gradients in float32."""
     from rayrl.models.loading import load_model_and_tokenizer  # transformers: only in worker processes
 
     model, tokenizer = load_model_and_tokenizer(model_cfg, seed)
     model.to(device)
     mesh = init_device_mesh(device.type, (world_size,))
+    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision
+              else MixedPrecisionPolicy())
     for layer in _decoder_layers(model):
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     return model, tokenizer
 
 
