@@ -29,7 +29,7 @@ from rayrl.checkpoint.format import CHECKPOINTS_DIR, M_STEP
 from rayrl.checkpoint.manifest import read_manifest
 from rayrl.config import config_to_dict
 from rayrl.data.tasks import get_task
-from rayrl.failures import InfraFailure, check_finite
+from rayrl.failures import InfraFailure, WorkerId, check_finite
 from rayrl.managers import build_manager, resolve_manager
 from rayrl.recovery import Recovery, RunFailed
 from rayrl.run_lock import RunLock
@@ -113,7 +113,7 @@ class Coordinator:
             try:
                 return self._train(start_dir)
             except InfraFailure as failure:
-                where = self.fleet.location(failure.what) if self.fleet is not None else {}
+                where = self.fleet.location(failure.workers) if self.fleet is not None else {}
                 replaced = self._release_failed(failure)
                 try:
                     delay = self.recovery.failed(failure.what, failure.cause, failure.node or where.get("node"),
@@ -254,7 +254,7 @@ class Coordinator:
         self._teardown()
         return {"status": "done", "final_step": step}
 
-    def _on_notice(self, step: int, notices: list[str]) -> None:
+    def _on_notice(self, step: int, notices: list[WorkerId]) -> None:
         """After the notice's checkpoint is on disk: a worker's notice hands over to recovery; the
         coordinator's own (or the driver's) ends this process so that it comes back resuming."""
         if notices:

@@ -11,6 +11,7 @@ import torch
 
 from rayrl.algorithms.grpo import group_advantages
 from rayrl.engines import Rollouts
+from rayrl.failures import WorkerId
 from rayrl.workers.fleet import Fleet
 
 SUMMED_ACTOR_STATS = ("loss", "pg_loss", "kl", "clip_frac")  # already divided by the global token count
@@ -44,7 +45,7 @@ def run_step(fleet: Fleet, cfg: Any, task: Any, items: list[dict], step: int) ->
         "advantages": group_advantages(rewards, n, cfg.algorithm.norm_adv_by_std),
     }
     if fleet.reference is not None:
-        batch["ref_logp"] = fleet.wait(fleet.reference.workers[0].logprobs.remote(batch), "reference[0]")
+        batch["ref_logp"] = fleet.wait(fleet.reference.workers[0].logprobs.remote(batch), WorkerId("reference", 0))
     batch_ref = ray.put(batch)
     stats = fleet.wait_all(fleet.actor.call("train_step", batch_ref), "actor")
     sync_weights(fleet)

@@ -45,6 +45,16 @@ def env_for_tests(**extra: str) -> dict[str, str]:
     return env
 
 
+def hang_env(steps: str, **extra: str) -> dict[str, str]:
+    """env_for_tests with a rollout worker hanging at the start of each of ``steps`` ("N[,M...]"), once per
+    run directory (marker ``<run dir>/.test-hang-<N>``): tests/hang_hook/sitecustomize.py, first on the
+    run's PYTHONPATH, puts the hang in. The run must start its own Ray (not the shared one), so that its
+    workers inherit this environment."""
+    env = env_for_tests(RAYRL_TEST_HANG_AT_STEP=steps, **extra)
+    env["PYTHONPATH"] = str(REPO / "tests" / "hang_hook") + os.pathsep + env["PYTHONPATH"]
+    return env
+
+
 def start_local_cluster(prefix: str, **head_node_args):
     """A ray.cluster_utils.Cluster head on this machine in a short temp dir of its own (Ray's socket paths
     have a length limit), dashboard off; ``stop_local_cluster`` shuts it down and removes the dir."""

@@ -21,7 +21,7 @@ from rayrl.checkpoint import CheckpointError, file_digest, verify_checkpoint
 from rayrl.checkpoint.format import TRACKER_FILE
 from rayrl.checkpoint.manager import DefaultCheckpointManager
 from rayrl.config import CheckpointConfig, ConfigError, load_config
-from rayrl.failures import InfraFailure
+from rayrl.failures import InfraFailure, WorkerId
 from rayrl.managers import load_manager_class, resolve_manager
 from tests.support import FAST, REPO, read_metrics, run_dir, shared_ray_env
 
@@ -132,7 +132,7 @@ def test_background_failure_is_raised_at_the_next_poll_and_drops_only_that_step(
 
 def test_a_lost_worker_during_a_save_reaches_recovery_unchanged(tmp_path):
     mgr, gate = _manager(tmp_path), threading.Event()
-    lost = InfraFailure("actor[1]", "ActorDiedError: the actor died unexpectedly")
+    lost = InfraFailure(WorkerId("actor", 1), "ActorDiedError: the actor died unexpectedly")
     mgr.save(1, [FileParticipant("a", gate, fail=lost)], {"global_step": 1})
     gate.set()
     with pytest.raises(InfraFailure) as caught:

@@ -6,17 +6,11 @@ import logging
 import os
 import signal
 import socket
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from rayrl.workers.devices import use_deterministic_kernels, worker_device
-
-# TEST-ONLY fault hook (tests/test_recovery_*.py): a rollout worker hangs in these steps (comma-separated),
-# each once per run.
-TEST_HANG_ENV = "RAYRL_TEST_HANG_AT_STEP"
 
 
 class WorkerBase:
@@ -56,16 +50,3 @@ class WorkerBase:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((host, 0))
             return host, s.getsockname()[1]
-
-    def test_fault_hook(self, step: int) -> None:
-        """TEST-ONLY: with RAYRL_TEST_HANG_AT_STEP=N[,M...] in the environment, hang forever in step N (and M...),
-        once per run directory (a marker file), so that a test can show runner.step_timeout_s catching a hang or
-        kill a run at a known step."""
-        if str(step) not in os.environ.get(TEST_HANG_ENV, "").split(","):
-            return
-        try:
-            (Path(self.cfg.runner.log_path) / f".test-hang-{step}").open("x").close()
-        except FileExistsError:
-            return
-        while True:
-            time.sleep(3600)

@@ -20,7 +20,6 @@ class RolloutWorker(WorkerBase):
         self.engine = make_engine(cfg, index)
 
     def generate(self, prompts: list[str], n: int, step: int) -> Rollouts:
-        self.test_fault_hook(step)  # TEST-ONLY hang injection; a no-op unless RAYRL_TEST_HANG_AT_STEP is set
         return self.engine.generate(prompts, n, step)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
