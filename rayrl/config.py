@@ -246,17 +246,42 @@ def load_config(config_path: str | None, overrides: list[str]) -> RayRLConfig:
     return loaded
 
 
+MANAGER_KEY = "runner.checkpoint.manager_class"
+_CHECKPOINT = "runner.checkpoint."
+
+
 def _use_checkpoint_schema(cfg: DictConfig, assignments: list[tuple[str, Any]]) -> None:
     """A custom checkpoint manager may extend `runner.checkpoint` with keys of its own (its `config_class`,
-    a CheckpointConfig subclass): before any value is assigned, put that schema in place so those keys are
-    known and type-checked. The class is the one the assignments name last (a literal, not an interpolation)."""
-    from rayrl.checkpoint.manager import MANAGER_KEY, load_manager_class, manager_config_class
-
+    a CheckpointConfig subclass). The loader does not import the manager: when the assignments name one
+    (last, as a literal), it keeps the keys of `runner.checkpoint` it does not know as they are, and
+    `with_checkpoint_schema` checks them against the manager's schema when the manager is chosen."""
     named = [value for key, value in assignments if key == MANAGER_KEY]
     if named and named[-1] is not None:
-        schema = manager_config_class(load_manager_class(named[-1]))
-        if schema is not CheckpointConfig:
-            cfg.runner.checkpoint = OmegaConf.structured(schema)
+        OmegaConf.set_struct(cfg.runner.checkpoint, False)
+
+
+def with_checkpoint_schema(cfg: RayRLConfig, schema: type[CheckpointConfig]) -> RayRLConfig:
+    """The config with `runner.checkpoint` as an instance of `schema` (a custom manager's `config_class`):
+    the keys the loader kept without knowing them are type-checked now; ConfigError naming the first bad key."""
+    current = cfg.runner.checkpoint
+    if type(current) is schema and vars(current).keys() == {f.name for f in dataclasses.fields(schema)}:
+        return cfg
+    node = OmegaConf.structured(schema)
+    for name, value in vars(current).items():
+        try:
+            OmegaConf.update(node, name, value, merge=True)
+        except (ConfigKeyError, ConfigAttributeError):
+            close = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(schema)], n=1)
+            hint = f" (did you mean {_CHECKPOINT}{close[0]}?)" if close else ""
+            raise ConfigError(f"{_CHECKPOINT}{name}: unknown key{hint}") from None
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{_CHECKPOINT}{name}: {_first_line(e)} (got {value!r})") from None
+    try:
+        checkpoint = OmegaConf.to_object(node)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{_CHECKPOINT}{e.full_key or 'config'}: {_first_line(e)}") from None
+    _check_fields(checkpoint, _CHECKPOINT)
+    return dataclasses.replace(cfg, runner=dataclasses.replace(cfg.runner, checkpoint=checkpoint))
 
 
 def validate(cfg: RayRLConfig) -> None:

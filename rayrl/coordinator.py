@@ -25,11 +25,12 @@ import ray
 
 import rayrl
 from rayrl.checkpoint.errors import CheckpointError
-from rayrl.checkpoint.manager import load_manager_class
+from rayrl.checkpoint.format import CHECKPOINTS_DIR, M_STEP
 from rayrl.checkpoint.manifest import read_manifest
 from rayrl.config import config_to_dict
 from rayrl.data.tasks import get_task
 from rayrl.failures import InfraFailure, check_finite
+from rayrl.managers import build_manager, resolve_manager
 from rayrl.recovery import Recovery, RunFailed
 from rayrl.run_lock import RunLock
 from rayrl.runlog import EventLog, EventLogHandler, MetricsLog
@@ -64,6 +65,7 @@ class Coordinator:
         import torch
 
         torch.set_num_threads(1)
+        manager_cls, cfg = resolve_manager(cfg)  # runner.checkpoint as the manager's own config class
         self.cfg = cfg
         with warnings.catch_warnings():  # Ray deprecates an internal it uses for this property
             warnings.simplefilter("ignore")
@@ -72,8 +74,7 @@ class Coordinator:
         self.run_dir = Path(cfg.runner.log_path)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lock = RunLock(self.run_dir)
-        manager_cls = load_manager_class(cfg.runner.checkpoint.manager_class)
-        self.manager = manager_cls(cfg.runner.checkpoint, str(self.run_dir / "checkpoints"))
+        self.manager = build_manager(manager_cls, cfg, str(self.run_dir / CHECKPOINTS_DIR))
         self.task = get_task(cfg.data)
         self.dataset = self.task.build_dataset(cfg.data.num_samples, cfg.runner.seed)
         self.metrics = MetricsLog(self.run_dir)
@@ -287,6 +288,6 @@ def _step_of(step_dir: str) -> int:
     """The step a checkpoint holds, from its manifest; -1 when it has none (a custom manager's layout):
     then the workers load it and its trainer state says."""
     try:
-        return int(read_manifest(step_dir)["step"])
+        return int(read_manifest(step_dir)[M_STEP])
     except CheckpointError:
         return -1

@@ -19,6 +19,8 @@ from ray.exceptions import (
     WorkerCrashedError,
 )
 
+from rayrl.checkpoint.errors import WorkerLost
+
 # ObjectLostError covers OwnerDiedError; RayActorError covers ActorDiedError and ActorUnavailableError.
 INFRA_ERRORS = (RayActorError, ObjectLostError, NodeDiedError, WorkerCrashedError, LocalRayletDiedError,
                 ActorPlacementGroupRemoved, OutOfMemoryError)
@@ -31,7 +33,7 @@ NODE_ERRORS = (NodeDiedError, LocalRayletDiedError, ActorUnavailableError)
 PEER_GRACE_S = 10.0
 
 
-class InfraFailure(Exception):
+class InfraFailure(WorkerLost):
     """A worker, node or object was lost, or a step hung: recover from the latest checkpoint.
 
     ``what`` names the workers (``rollout[0]``, ``actor[0], actor[1]``) or the group (``actor``) that

@@ -28,13 +28,12 @@ def _config_error(message: str) -> int:
 def validate(cfg) -> None:
     """Checks that need more than the schema; raise ConfigError naming the key and the problem."""
     from rayrl.checkpoint.errors import CheckpointError
-    from rayrl.config import ConfigError
-    from rayrl.checkpoint.manager import load_manager_class
     from rayrl.checkpoint.manifest import verify_checkpoint
-
+    from rayrl.config import ConfigError
     from rayrl.data.tasks import get_task
+    from rayrl.managers import resolve_manager
 
-    load_manager_class(cfg.runner.checkpoint.manager_class)
+    resolve_manager(cfg)  # the class and the keys it adds to runner.checkpoint
     try:
         get_task(cfg.data)
     except ValueError as err:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from rayrl.checkpoint.format import ACTOR_DIR, CHECKPOINTS_DIR, MODEL_KEY, TRACKER_FILE, step_dir_name
+
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = "t"
 
@@ -133,7 +135,7 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
 
 def tracker_step(output_dir: Path) -> int | None:
     try:
-        return int((run_dir(output_dir) / "checkpoints/latest_checkpointed_iteration.txt").read_text().strip())
+        return int((run_dir(output_dir) / CHECKPOINTS_DIR / TRACKER_FILE).read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
 
@@ -153,12 +155,12 @@ def actor_weights(step_dir: Path) -> dict[str, torch.Tensor]:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "full.pt"
-        dcp_to_torch_save(str(step_dir / "actor"), str(out))
-        return torch.load(out, weights_only=True)["model"]
+        dcp_to_torch_save(str(step_dir / ACTOR_DIR), str(out))
+        return torch.load(out, weights_only=True)[MODEL_KEY]
 
 
 def final_weights(output_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    return actor_weights(run_dir(output_dir) / "checkpoints" / f"global_step_{step}")
+    return actor_weights(checkpoints_dir(output_dir) / step_dir_name(step))
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -168,7 +170,7 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 
 def checkpoints_dir(output_dir: Path) -> Path:
-    return run_dir(output_dir) / "checkpoints"
+    return run_dir(output_dir) / CHECKPOINTS_DIR
 
 
 def copy_run(src_output_dir: Path, dst_output_dir: Path) -> Path:

@@ -40,11 +40,10 @@ from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
 from rayrl.checkpoint.errors import CheckpointError
+from rayrl.checkpoint.format import DCP_METADATA_FILE, DCP_SHARD_GLOB
 from rayrl.checkpoint.manifest import Digest, file_digest
 
 log = logging.getLogger(__name__)
-
-METADATA_FILE = ".metadata"
 
 
 class ShardedCheckpointIO:
@@ -141,9 +140,9 @@ class ShardedCheckpointIO:
 
     def written_files(self, directory: str) -> list[str]:
         """Paths (relative to ``directory``) of the files this rank's DCP save wrote."""
-        names = [os.path.basename(p) for p in glob.glob(os.path.join(directory, f"__{self.rank}_*.distcp"))]
+        names = [os.path.basename(p) for p in glob.glob(os.path.join(directory, DCP_SHARD_GLOB.format(rank=self.rank)))]
         if self.rank == 0:
-            names.append(METADATA_FILE)
+            names.append(DCP_METADATA_FILE)
         return sorted(names)
 
     def load(self, directory: str, state_dict: dict[str, Any]) -> None:

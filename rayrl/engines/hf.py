@@ -14,9 +14,9 @@ from typing import Any, Iterator
 
 import torch
 
-from rayrl.algorithms.grpo import response_mask_from
 from rayrl.engines.base import Rollouts
 from rayrl.models.loading import load_model_and_tokenizer
+from rayrl.tensors import response_mask_from
 
 SEED_STRIDE = 1_000_003  # keeps the per-worker streams of different run seeds apart
 

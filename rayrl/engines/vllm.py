@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from rayrl.algorithms.grpo import response_mask_from
 from rayrl.engines.base import Rollouts
+from rayrl.tensors import response_mask_from
 
 log = logging.getLogger(__name__)
 

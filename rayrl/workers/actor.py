@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from rayrl.algorithms.grpo import policy_loss
+from rayrl.checkpoint.format import MODEL_KEY, OPTIMIZER_KEY, extra_state_file
 from rayrl.checkpoint.manifest import file_digest
 from rayrl.checkpoint.rng import capture_rng_state, restore_rng_state
 from rayrl.checkpoint.safe_io import load_torch, save_torch
@@ -24,10 +25,6 @@ from rayrl.models.forward import response_logprobs
 from rayrl.workers.base import WorkerBase
 
 log = logging.getLogger(__name__)
-
-MODEL_KEY = "model"
-OPTIMIZER_KEY = "optimizer"
-EXTRA_STATE_FILE = "extra_state_rank_{rank}.pt"
 
 
 class ActorWorker(WorkerBase):
@@ -128,7 +125,7 @@ class ActorWorker(WorkerBase):
         os.makedirs(directory, exist_ok=True)
         extra = {"rng": capture_rng_state(), "lr_scheduler": self.scheduler.state_dict(),
                  "world_size": self.world_size}
-        extra_name = EXTRA_STATE_FILE.format(rank=self.rank)
+        extra_name = extra_state_file(self.rank)
         save_torch(extra, os.path.join(directory, extra_name))
         self._extra_digest = {extra_name: file_digest(os.path.join(directory, extra_name))}
         self._save_digests = None
@@ -172,9 +169,9 @@ class ActorWorker(WorkerBase):
         self.ckpt.load(directory, state)
         set_state_dict(self.model, self.optimizer,
                        model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIMIZER_KEY])
-        extra_path = os.path.join(directory, EXTRA_STATE_FILE.format(rank=self.rank))
+        extra_path = os.path.join(directory, extra_state_file(self.rank))
         if not os.path.exists(extra_path):  # more ranks than were saved: ranks share LR state; RNG of rank 0
-            extra_path = os.path.join(directory, EXTRA_STATE_FILE.format(rank=0))
+            extra_path = os.path.join(directory, extra_state_file(0))
         extra = load_torch(extra_path)
         self.scheduler.load_state_dict(extra["lr_scheduler"])
         restore_rng_state(extra["rng"])
