@@ -111,10 +111,14 @@ def run(cfg) -> int:
     from ray.exceptions import RayActorError, RayTaskError
 
     from rayrl.coordinator import RunFailed
+    from rayrl.workers.feasibility import cluster_problem
 
     temp_dir = _init_ray(cfg)
     coordinator = None
     try:
+        problem = cluster_problem(cfg, own_instance=temp_dir is not None)
+        if problem is not None:
+            return _config_error(problem)
         coordinator = _launch(cfg)
         signal.signal(signal.SIGTERM, lambda *_: coordinator.request_stop.remote("SIGTERM to the driver"))
         result = _wait_showing_progress(coordinator.run.remote(), cfg)

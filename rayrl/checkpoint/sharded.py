@@ -72,9 +72,13 @@ class ShardedCheckpointIO:
             self._pending = Future()
             self._pending.set_result(self._digests(directory))
             return
+        cuda_devices = {t.device for t in _leaves(state_dict) if isinstance(t, torch.Tensor) and t.is_cuda}
+        for device in cuda_devices:
+            # DCP's stager copies on a stream of its own and synchronises only that one: the kernels that
+            # last wrote these tensors (the optimizer step) must have finished on the compute stream first.
+            torch.cuda.current_stream(device).synchronize()
         if self._stager is None:
-            on_gpu = torch.cuda.is_available() and any(
-                isinstance(t, torch.Tensor) and t.is_cuda for t in _leaves(state_dict))
+            on_gpu = bool(cuda_devices)
             self._stager = DefaultStager(StagingOptions(
                 use_pinned_memory=on_gpu, use_shared_memory=False,
                 use_async_staging=True, use_non_blocking_copy=on_gpu))

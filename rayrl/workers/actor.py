@@ -41,16 +41,16 @@ class ActorWorker(WorkerBase):
         from rayrl.workers.policy import build_optimizer, build_scheduler, build_sharded_policy
 
         cfg = self.cfg
-        use_cuda = cfg.actor.num_gpus_per_worker > 0
-        self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        use_cuda = self.device.type == "cuda"
         dist.init_process_group(
             backend="cpu:gloo,cuda:nccl" if use_cuda else "gloo",
             init_method=f"tcp://{master_addr}:{master_port}",
             rank=self.rank, world_size=self.world_size,
             timeout=datetime.timedelta(seconds=max(60.0, cfg.runner.step_timeout_s)),
+            device_id=self.device if use_cuda else None,  # NCCL binds this device and connects eagerly
         )
-        self.model, self.tokenizer = build_sharded_policy(cfg.actor.model, cfg.runner.seed,
-                                                          self.world_size, self.device)
+        self.model, self.tokenizer = build_sharded_policy(cfg.actor.model, cfg.runner.seed, self.world_size,
+                                                          self.device, cfg.actor.mixed_precision)
         self.optimizer = build_optimizer(self.model, cfg.actor.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.actor.optim, cfg.runner.max_steps)
         self.ckpt = ShardedCheckpointIO(self.rank, dist.new_group(backend="gloo"))
@@ -87,6 +87,7 @@ class ActorWorker(WorkerBase):
             self.optimizer.step()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
+        self._release_cached_memory()
         norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         scale = 1.0 / acfg.ppo_epochs
         return {**{k: v * scale for k, v in sums.items()}, "grad_norm": float(norm), "lr": lr,
@@ -101,6 +102,7 @@ class ActorWorker(WorkerBase):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        self._release_cached_memory()
         return sd if self.rank == 0 else None
 
     def export_hf(self, directory: str) -> dict[str, dict]:
@@ -125,6 +127,15 @@ class ActorWorker(WorkerBase):
         for name, param in self.model.named_parameters(remove_duplicate=False):
             names.setdefault(id(param), []).append(name)
         return {name for same in names.values() for name in same[1:]}
+
+    def _release_cached_memory(self) -> None:
+        """On a GPU shared with engines (a fractional rollout or reference share), hand the allocator's
+        cached blocks back after training and after the weight gather, so that the engines can use them."""
+        cfg = self.cfg
+        engines = [cfg.rollout, cfg.reference] if cfg.reference.enabled else [cfg.rollout]
+        shared = [r for r in engines if 0 < r.num_gpus_per_worker < 1]
+        if self.device.type == "cuda" and shared:
+            torch.cuda.empty_cache()
 
     # ---------------------------------------------------------------- checkpoint
     def _dcp_state(self) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from rayrl.workers.devices import use_deterministic_kernels, worker_device
+
 
 class WorkerBase:
     """Base of the Ray actor classes; plain Python so it also runs without Ray in unit tests."""
@@ -21,8 +23,9 @@ class WorkerBase:
         torch.set_num_threads(int(os.environ.get("RAYRL_WORKER_THREADS", "1")))
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         self.preemption_notice = False
-        if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES"):
-            torch.cuda.set_device(0)
+        if cfg.runner.deterministic:
+            use_deterministic_kernels()  # before the first CUDA call
+        self.device = worker_device(f"{role}.num_gpus_per_worker", getattr(cfg, role).num_gpus_per_worker)
         try:
             signal.signal(signal.SIGTERM, self._on_sigterm)  # replaces Ray's handler, which would exit
         except ValueError:  # not the main thread (threaded actors): no notice handling
