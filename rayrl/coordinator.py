@@ -28,7 +28,7 @@ from rayrl.checkpoint.errors import CheckpointError
 from rayrl.checkpoint.manager import load_manager_class
 from rayrl.checkpoint.manifest import read_manifest
 from rayrl.config import config_to_dict
-from rayrl.data.tasks import get_task
+from rayrl.data.tasks import get_task, run_reward_specs
 from rayrl.failures import InfraFailure, check_finite
 from rayrl.recovery import Recovery, RunFailed
 from rayrl.run_lock import RunLock
@@ -74,8 +74,8 @@ class Coordinator:
         self.lock = RunLock(self.run_dir)
         manager_cls = load_manager_class(cfg.runner.checkpoint.manager_class)
         self.manager = manager_cls(cfg.runner.checkpoint, str(self.run_dir / "checkpoints"))
-        self.task = get_task(cfg.data)
-        self.dataset = self.task.build_dataset(cfg.data.num_samples, cfg.runner.seed)
+        self.dataset = get_task(cfg.data).build_dataset(cfg.data.num_samples, cfg.runner.seed)
+        self.reward_specs = run_reward_specs(cfg.data)
         self.metrics = MetricsLog(self.run_dir)
         self.events = EventLog(self.run_dir)
         _log_to(self.events)
@@ -195,7 +195,7 @@ class Coordinator:
     def _train(self, start_dir: str | None) -> dict[str, Any]:
         from rayrl.data.loader import BatchStream
         from rayrl.participants import ActorPart, DataPart, RolloutPart
-        from rayrl.step import run_step, sync_weights
+        from rayrl.step import Scoring, run_step, sync_weights
         from rayrl.workers.fleet import Fleet
 
         cfg, runner = self.cfg, self.cfg.runner
@@ -228,10 +228,11 @@ class Coordinator:
                              start_s=start_s)
         self.recovery.resumed(step)
         self.metrics.truncate_after(step)
+        scoring = Scoring(cfg, self.reward_specs)
         while step < runner.max_steps:
             step += 1
             items, epoch = stream.next()
-            metrics = run_step(fleet, cfg, self.task, items, step)
+            metrics = run_step(fleet, cfg, scoring, items, step)
             check_finite(metrics, step)
             metrics.update(epoch=epoch, consumed_samples=stream.consumed_samples)
             self.metrics.append(metrics)

@@ -32,11 +32,12 @@ def validate(cfg) -> None:
     from rayrl.checkpoint.manager import load_manager_class
     from rayrl.checkpoint.manifest import verify_checkpoint
 
-    from rayrl.data.tasks import get_task
+    from rayrl.data.tasks import get_task, run_reward_specs
 
     load_manager_class(cfg.runner.checkpoint.manager_class)
     try:
-        get_task(cfg.data)
+        get_task(cfg.data).build_dataset(cfg.data.num_samples, cfg.runner.seed)  # every row checked: no bad
+        run_reward_specs(cfg.data)  # row or reward path is found after the workers started
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if cfg.runner.resume_dir is not None:
@@ -62,7 +63,8 @@ def _init_ray(cfg) -> str | None:
         return None
     needed = (cfg.actor.world_size * cfg.actor.num_cpus_per_worker
               + cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker
-              + (cfg.reference.num_cpus_per_worker if cfg.reference.enabled else 0))
+              + (cfg.reference.num_cpus_per_worker if cfg.reference.enabled else 0)
+              + (cfg.data.reward_workers or 0))
     temp_dir = tempfile.mkdtemp(prefix="rayrl-", dir="/tmp")  # short: Ray's socket paths have a length limit
     ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False,
              _temp_dir=temp_dir, logging_level=logging.WARNING, log_to_driver=True)
