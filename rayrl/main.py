@@ -33,7 +33,11 @@ def validate(cfg) -> None:
     from rayrl.checkpoint.manifest import verify_checkpoint
 
     from rayrl.data.tasks import get_task, run_reward_specs
+    from rayrl.trackers import missing_logger
 
+    missing = missing_logger(cfg.runner.loggers)
+    if missing is not None:
+        raise ConfigError(missing)
     load_manager_class(cfg.runner.checkpoint.manager_class)
     try:
         get_task(cfg.data).build_dataset(cfg.data.num_samples, cfg.runner.seed)  # every row checked: no bad
@@ -76,9 +80,12 @@ def _launch(cfg):
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from rayrl.coordinator import Coordinator
+    from rayrl.trackers import WANDB_ENV
 
     here = ray.get_runtime_context().get_node_id()
+    wandb_env = {k: os.environ[k] for k in WANDB_ENV if k in os.environ}  # on a cluster too, not only locally
     return ray.remote(Coordinator).options(
+        runtime_env={"env_vars": wandb_env} if wandb_env else None,
         num_cpus=0, max_concurrency=2, max_restarts=max(1, cfg.runner.max_restarts), max_task_retries=-1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),  # the driver's node
     ).remote(cfg, _relaunch_info())
@@ -124,7 +131,10 @@ def run(cfg) -> int:
         if result["status"] == "preempted":
             log.warning("rayrl: stopped by a preemption notice after saving step %d", result["final_step"])
             return EXIT_PREEMPTED
+        from rayrl.console import where_it_is
+
         log.info("rayrl: done at step %d", result["final_step"])
+        sys.stdout.write(where_it_is(Path(cfg.runner.log_path)))
         return EXIT_OK
     except KeyboardInterrupt:
         from rayrl.runlog import EventLog
