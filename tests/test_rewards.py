@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -161,3 +162,19 @@ def test_load_reward_fn_returns_the_function():
     from tests import reward_fns
 
     assert load_reward_fn("tests.reward_fns:constant", "k") is reward_fns.constant
+
+
+def test_loggers_default_and_missing(monkeypatch, capsys):
+    """null: console plus what is installed, said; a logger named but not installed: exit 2 with its pip."""
+    from rayrl.trackers import resolve
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    names, said = resolve(None)
+    assert names == ["console", "tensorboard", "wandb"]  # both are in the test extra
+    assert said == "loggers: console, tensorboard, wandb (runner.loggers=null: console plus what is installed)"
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
+    assert resolve(None)[0] == ["console", "wandb"] and "tensorboard not installed" in resolve(None)[1]
+    assert cli([*TINY, "runner.loggers=[tensorboard]"]) == 2
+    assert capsys.readouterr().err.strip() == ("rayrl: config error: runner.loggers[0]: tensorboard is not "
+                                               "installed: pip install tensorboard (or pip install -e '.[tensorboard]')")
