@@ -72,6 +72,13 @@ def _one_of(*choices: str) -> _Rule:
     return _Rule(lambda v: v in choices, f"must be one of {', '.join(choices)}")
 
 
+# GPUs per worker: NCCL refuses two ranks of one group on one GPU, so a rank has no GPU or whole GPUs;
+# Ray refuses fractions above 1, so any other worker has a share of one GPU or whole GPUs.
+_RANK_GPUS = _Rule(lambda v: v >= 0 and float(v).is_integer(),
+                   "must be 0 or a whole number (NCCL refuses two ranks on one GPU)")
+_WORKER_GPUS = _Rule(lambda v: v >= 0 and (v <= 1 or float(v).is_integer()),
+                     "must be <= 1 or a whole number (Ray refuses fractions above 1)")
+
 _NONEMPTY = _Rule(lambda v: v.strip() != "", "must not be empty")
 
 LOGGERS = ("console", "tensorboard", "wandb")
@@ -114,6 +121,7 @@ class RunnerConfig:
     resource_wait_s: float = _field(120.0, _gt(0))  # how long recovery waits for resources to come back
     save_on_preemption: bool = True  # on SIGTERM / node drain, checkpoint at the next step boundary
     loggers: Optional[list[str]] = None  # console, tensorboard, wandb; null = console + what is installed
+    deterministic: bool = False  # GPU: deterministic kernels (torch, cuBLAS, vLLM batch-invariant); CPU is always exact
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
@@ -151,8 +159,9 @@ class ActorConfig:
 
     world_size: int = _field(2, _ge(1))  # ranks of the policy
     num_cpus_per_worker: float = _field(1.0, _gt(0))  # Ray CPUs per rank
-    num_gpus_per_worker: float = _field(0.0, _ge(0))  # Ray GPUs per rank; > 0 means CUDA + nccl
+    num_gpus_per_worker: float = _field(0.0, _RANK_GPUS)  # Ray GPUs per rank, 0 or whole; > 0: CUDA + nccl
     micro_batch_size: int = _field(0, _ge(0))  # sequences per forward; 0 = the whole local batch at once
+    mixed_precision: bool = False  # FSDP2 computes in bfloat16, float32 master weights and gradient reduction
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -164,7 +173,7 @@ class RolloutConfig:
     backend: str = _field("hf", _one_of("hf", "vllm"))  # hf: transformers generate; vllm: the vllm extra
     num_workers: int = _field(1, _ge(1))  # generation engines
     num_cpus_per_worker: float = _field(1.0, _ge(0))  # Ray CPUs per engine
-    num_gpus_per_worker: float = _field(0.0, _ge(0))  # Ray GPUs per engine
+    num_gpus_per_worker: float = _field(0.0, _WORKER_GPUS)  # Ray GPUs per engine: <= 1 (shared) or whole
     tensor_parallel_size: int = _field(1, _ge(1))  # vllm tensor parallelism inside one engine
     n_samples_per_prompt: int = _field(8, _ge(2))  # the GRPO group size; a group needs at least 2
     max_new_tokens: int = _field(12, _ge(1))  # response length limit
@@ -178,7 +187,7 @@ class ReferenceConfig:
 
     enabled: bool = True  # false: no reference worker and no KL term
     num_cpus_per_worker: float = _field(1.0, _ge(0))  # Ray CPUs for the reference worker
-    num_gpus_per_worker: float = _field(0.0, _ge(0))  # Ray GPUs for the reference worker
+    num_gpus_per_worker: float = _field(0.0, _WORKER_GPUS)  # Ray GPUs for the reference worker: <= 1 or whole
 
 
 @dataclass
@@ -253,17 +262,42 @@ def load_config(config_path: str | None, overrides: list[str]) -> RayRLConfig:
     return loaded
 
 
+MANAGER_KEY = "runner.checkpoint.manager_class"
+_CHECKPOINT = "runner.checkpoint."
+
+
 def _use_checkpoint_schema(cfg: DictConfig, assignments: list[tuple[str, Any]]) -> None:
     """A custom checkpoint manager may extend `runner.checkpoint` with keys of its own (its `config_class`,
-    a CheckpointConfig subclass): before any value is assigned, put that schema in place so those keys are
-    known and type-checked. The class is the one the assignments name last (a literal, not an interpolation)."""
-    from rayrl.checkpoint.manager import MANAGER_KEY, load_manager_class, manager_config_class
-
+    a CheckpointConfig subclass). The loader does not import the manager: when the assignments name one
+    (last, as a literal), it keeps the keys of `runner.checkpoint` it does not know as they are, and
+    `with_checkpoint_schema` checks them against the manager's schema when the manager is chosen."""
     named = [value for key, value in assignments if key == MANAGER_KEY]
     if named and named[-1] is not None:
-        schema = manager_config_class(load_manager_class(named[-1]))
-        if schema is not CheckpointConfig:
-            cfg.runner.checkpoint = OmegaConf.structured(schema)
+        OmegaConf.set_struct(cfg.runner.checkpoint, False)
+
+
+def with_checkpoint_schema(cfg: RayRLConfig, schema: type[CheckpointConfig]) -> RayRLConfig:
+    """The config with `runner.checkpoint` as an instance of `schema` (a custom manager's `config_class`):
+    the keys the loader kept without knowing them are type-checked now; ConfigError naming the first bad key."""
+    current = cfg.runner.checkpoint
+    if type(current) is schema and vars(current).keys() == {f.name for f in dataclasses.fields(schema)}:
+        return cfg
+    node = OmegaConf.structured(schema)
+    for name, value in vars(current).items():
+        try:
+            OmegaConf.update(node, name, value, merge=True)
+        except (ConfigKeyError, ConfigAttributeError):
+            close = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(schema)], n=1)
+            hint = f" (did you mean {_CHECKPOINT}{close[0]}?)" if close else ""
+            raise ConfigError(f"{_CHECKPOINT}{name}: unknown key{hint}") from None
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{_CHECKPOINT}{name}: {_first_line(e)} (got {value!r})") from None
+    try:
+        checkpoint = OmegaConf.to_object(node)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{_CHECKPOINT}{e.full_key or 'config'}: {_first_line(e)}") from None
+    _check_fields(checkpoint, _CHECKPOINT)
+    return dataclasses.replace(cfg, runner=dataclasses.replace(cfg.runner, checkpoint=checkpoint))
 
 
 def validate(cfg: RayRLConfig) -> None:
@@ -289,6 +323,9 @@ def validate(cfg: RayRLConfig) -> None:
         raise ConfigError(f"actor.world_size: must be <= data.batch_size * rollout.n_samples_per_prompt, "
                           f"or some ranks get no sample (got {cfg.actor.world_size})")
     model = cfg.actor.model
+    if cfg.actor.mixed_precision and model.dtype != "float32":
+        raise ConfigError(f"actor.mixed_precision: needs actor.model.dtype float32 for the master weights "
+                          f"(got {model.dtype})")
     if model.path is None and model.hidden_size % model.num_heads != 0:
         raise ConfigError(
             f"actor.model.hidden_size: must be a multiple of actor.model.num_heads "

@@ -25,11 +25,12 @@ import ray
 
 import rayrl
 from rayrl.checkpoint.errors import CheckpointError
-from rayrl.checkpoint.manager import load_manager_class
+from rayrl.checkpoint.format import CHECKPOINTS_DIR, M_STEP
 from rayrl.checkpoint.manifest import read_manifest
 from rayrl.config import config_to_dict
 from rayrl.data.tasks import get_task, run_reward_specs
-from rayrl.failures import InfraFailure, check_finite
+from rayrl.failures import InfraFailure, WorkerId, check_finite
+from rayrl.managers import build_manager, resolve_manager
 from rayrl.recovery import Recovery, RunFailed
 from rayrl.run_lock import RunLock
 from rayrl.runlog import EventLog, EventLogHandler, MetricsLog
@@ -65,6 +66,7 @@ class Coordinator:
         import torch
 
         torch.set_num_threads(1)
+        manager_cls, cfg = resolve_manager(cfg)  # runner.checkpoint as the manager's own config class
         self.cfg = cfg
         with warnings.catch_warnings():  # Ray deprecates an internal it uses for this property
             warnings.simplefilter("ignore")
@@ -73,8 +75,7 @@ class Coordinator:
         self.run_dir = Path(cfg.runner.log_path)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lock = RunLock(self.run_dir)
-        manager_cls = load_manager_class(cfg.runner.checkpoint.manager_class)
-        self.manager = manager_cls(cfg.runner.checkpoint, str(self.run_dir / "checkpoints"))
+        self.manager = build_manager(manager_cls, cfg, str(self.run_dir / CHECKPOINTS_DIR))
         self.dataset = get_task(cfg.data).build_dataset(cfg.data.num_samples, cfg.runner.seed)
         self.reward_specs = run_reward_specs(cfg.data)
         self.metrics = MetricsLog(self.run_dir)
@@ -117,7 +118,7 @@ class Coordinator:
             try:
                 return self._train(start_dir)
             except InfraFailure as failure:
-                where = self.fleet.location(failure.what) if self.fleet is not None else {}
+                where = self.fleet.location(failure.workers) if self.fleet is not None else {}
                 replaced = self._release_failed(failure)
                 try:
                     delay = self.recovery.failed(failure.what, failure.cause, failure.node or where.get("node"),
@@ -260,7 +261,7 @@ class Coordinator:
         self._teardown()
         return {"status": "done", "final_step": step}
 
-    def _on_notice(self, step: int, notices: list[str]) -> None:
+    def _on_notice(self, step: int, notices: list[WorkerId]) -> None:
         """After the notice's checkpoint is on disk: a worker's notice hands over to recovery; the
         coordinator's own (or the driver's) ends this process so that it comes back resuming."""
         if notices:
@@ -294,6 +295,6 @@ def _step_of(step_dir: str) -> int:
     """The step a checkpoint holds, from its manifest; -1 when it has none (a custom manager's layout):
     then the workers load it and its trainer state says."""
     try:
-        return int(read_manifest(step_dir)["step"])
+        return int(read_manifest(step_dir)[M_STEP])
     except CheckpointError:
         return -1

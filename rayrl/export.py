@@ -27,16 +27,12 @@ import torch
 
 from rayrl.checkpoint.compat import read_dcp_metadata, saved_shapes, shape_mismatch
 from rayrl.checkpoint.errors import CheckpointError
+from rayrl.checkpoint.format import ACTOR_DIR, MODEL_KEY, TRAINER_STATE_FILE
 from rayrl.checkpoint.manifest import verify_checkpoint
 from rayrl.checkpoint.safe_io import fsync_dir, fsync_tree, temp_name
 from rayrl.config import ModelConfig
-from rayrl.workers.actor import MODEL_KEY  # the DCP state key of the weights
 
 log = logging.getLogger(__name__)
-
-HF_DIR = "hf"  # where periodic exports (runner.checkpoint.export_hf_every) go inside a step directory
-ACTOR_DIR = "actor"  # the actor participant's part of a step (rayrl.participants.ActorPart.name)
-TRAINER_STATE_FILE = "trainer_state.json"
 
 
 def export_hf(step_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], verify: bool = True) -> Path:

@@ -28,17 +28,16 @@ def _config_error(message: str) -> int:
 def validate(cfg) -> None:
     """Checks that need more than the schema; raise ConfigError naming the key and the problem."""
     from rayrl.checkpoint.errors import CheckpointError
-    from rayrl.config import ConfigError
-    from rayrl.checkpoint.manager import load_manager_class
     from rayrl.checkpoint.manifest import verify_checkpoint
-
+    from rayrl.config import ConfigError
     from rayrl.data.tasks import get_task, run_reward_specs
+    from rayrl.managers import resolve_manager
     from rayrl.trackers import missing_logger
 
     missing = missing_logger(cfg.runner.loggers)
     if missing is not None:
         raise ConfigError(missing)
-    load_manager_class(cfg.runner.checkpoint.manager_class)
+    resolve_manager(cfg)  # the class and the keys it adds to runner.checkpoint
     try:
         get_task(cfg.data).build_dataset(cfg.data.num_samples, cfg.runner.seed)  # every row checked: no bad
         run_reward_specs(cfg.data)  # row or reward path is found after the workers started
@@ -121,10 +120,14 @@ def run(cfg) -> int:
     from ray.exceptions import RayActorError, RayTaskError
 
     from rayrl.coordinator import RunFailed
+    from rayrl.workers.feasibility import cluster_problem
 
     temp_dir = _init_ray(cfg)
     coordinator = None
     try:
+        problem = cluster_problem(cfg, own_instance=temp_dir is not None)
+        if problem is not None:
+            return _config_error(problem)
         coordinator = _launch(cfg)
         signal.signal(signal.SIGTERM, lambda *_: coordinator.request_stop.remote("SIGTERM to the driver"))
         result = _wait_showing_progress(coordinator.run.remote(), cfg)

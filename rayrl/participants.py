@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from rayrl.checkpoint.format import ACTOR_DIR, DATA_DIR, DATA_STATE_FILE, ROLLOUT_DIR
 from rayrl.checkpoint.manifest import file_digest
 from rayrl.checkpoint.safe_io import load_torch, save_torch
 from rayrl.workers.fleet import Fleet
@@ -21,7 +22,7 @@ def _merged(parts: list[Digests | None]) -> Digests | None:
 class ActorPart:
     """Every actor rank writes its own DCP shard and extra state (RNG, LR schedule) into ``actor/``."""
 
-    name = "actor"
+    name = ACTOR_DIR
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
@@ -40,7 +41,7 @@ class ActorPart:
 class RolloutPart:
     """Each rollout worker's sampling state (its generator), into ``rollout/``."""
 
-    name = "rollout"
+    name = ROLLOUT_DIR
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
@@ -58,20 +59,19 @@ class RolloutPart:
 class DataPart:
     """The coordinator's data stream (position, epoch, sampler RNG), into ``data/data.pt``."""
 
-    name = "data"
-    FILE = "data.pt"
+    name = DATA_DIR
 
     def __init__(self, stream: Any) -> None:
         self.stream = stream
 
     def save(self, directory: str, async_save: bool) -> Digests | None:
         os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, self.FILE)
+        path = os.path.join(directory, DATA_STATE_FILE)
         save_torch(self.stream.state_dict(), path)
-        return {self.FILE: file_digest(path)}
+        return {DATA_STATE_FILE: file_digest(path)}
 
     def poll_save(self, block: bool) -> Digests | None:
         raise AssertionError("data state is always written synchronously")
 
     def load(self, directory: str) -> None:
-        self.stream.load_state_dict(load_torch(os.path.join(directory, self.FILE)))
+        self.stream.load_state_dict(load_torch(os.path.join(directory, DATA_STATE_FILE)))

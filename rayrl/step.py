@@ -15,6 +15,7 @@ import torch
 from rayrl.algorithms.grpo import group_advantages
 from rayrl.data.scoring import Scorer
 from rayrl.engines import Rollouts
+from rayrl.failures import WorkerId
 from rayrl.workers import reward_pool
 from rayrl.workers.fleet import Fleet
 
@@ -49,7 +50,7 @@ def run_step(fleet: Fleet, cfg: Any, scoring: Scoring, items: list[dict], step: 
         "advantages": group_advantages(rewards, n, cfg.algorithm.norm_adv_by_std),
     }
     if fleet.reference is not None:
-        batch["ref_logp"] = fleet.wait(fleet.reference.workers[0].logprobs.remote(batch), "reference[0]")
+        batch["ref_logp"] = fleet.wait(fleet.reference.workers[0].logprobs.remote(batch), WorkerId("reference", 0))
     batch_ref = ray.put(batch)
     stats = fleet.wait_all(fleet.actor.call("train_step", batch_ref), "actor")
     sync_weights(fleet)

@@ -40,11 +40,10 @@ from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
 from rayrl.checkpoint.errors import CheckpointError
+from rayrl.checkpoint.format import DCP_METADATA_FILE, DCP_SHARD_GLOB
 from rayrl.checkpoint.manifest import Digest, file_digest
 
 log = logging.getLogger(__name__)
-
-METADATA_FILE = ".metadata"
 
 
 class ShardedCheckpointIO:
@@ -73,9 +72,13 @@ class ShardedCheckpointIO:
             self._pending = Future()
             self._pending.set_result(self._digests(directory))
             return
+        cuda_devices = {t.device for t in _leaves(state_dict) if isinstance(t, torch.Tensor) and t.is_cuda}
+        for device in cuda_devices:
+            # DCP's stager copies on a stream of its own and synchronises only that one: the kernels that
+            # last wrote these tensors (the optimizer step) must have finished on the compute stream first.
+            torch.cuda.current_stream(device).synchronize()
         if self._stager is None:
-            on_gpu = torch.cuda.is_available() and any(
-                isinstance(t, torch.Tensor) and t.is_cuda for t in _leaves(state_dict))
+            on_gpu = bool(cuda_devices)
             self._stager = DefaultStager(StagingOptions(
                 use_pinned_memory=on_gpu, use_shared_memory=False,
                 use_async_staging=True, use_non_blocking_copy=on_gpu))
@@ -137,9 +140,9 @@ class ShardedCheckpointIO:
 
     def written_files(self, directory: str) -> list[str]:
         """Paths (relative to ``directory``) of the files this rank's DCP save wrote."""
-        names = [os.path.basename(p) for p in glob.glob(os.path.join(directory, f"__{self.rank}_*.distcp"))]
+        names = [os.path.basename(p) for p in glob.glob(os.path.join(directory, DCP_SHARD_GLOB.format(rank=self.rank)))]
         if self.rank == 0:
-            names.append(METADATA_FILE)
+            names.append(DCP_METADATA_FILE)
         return sorted(names)
 
     def load(self, directory: str, state_dict: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""The interface every generation engine implements, and the factory that picks one.
+"""The interface every generation engine implements.
 
 A rollout worker owns one engine. The engine owns all randomness sampling depends on, so that a
 checkpoint of ``state_dict()`` plus the policy weights is enough to continue sampling bit-exactly.
@@ -63,17 +63,3 @@ class GenerationEngine(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
-
-
-def make_engine(cfg: Any, worker_index: int) -> GenerationEngine:
-    """Build the engine named by ``cfg.rollout.backend``."""
-    backend = cfg.rollout.backend
-    if backend == "hf":
-        from rayrl.engines.hf import HFEngine
-
-        return HFEngine(cfg, worker_index)
-    if backend == "vllm":
-        from rayrl.engines.vllm import VLLMEngine
-
-        return VLLMEngine(cfg, worker_index)
-    raise ValueError(f"rollout.backend: unknown engine {backend!r} (known: hf, vllm)")

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from rayrl.algorithms.grpo import policy_loss
+from rayrl.checkpoint.format import MODEL_KEY, OPTIMIZER_KEY, extra_state_file
 from rayrl.checkpoint.manifest import file_digest
 from rayrl.checkpoint.rng import capture_rng_state, restore_rng_state
 from rayrl.checkpoint.safe_io import load_torch, save_torch
@@ -24,10 +25,6 @@ from rayrl.models.forward import response_logprobs
 from rayrl.workers.base import WorkerBase
 
 log = logging.getLogger(__name__)
-
-MODEL_KEY = "model"
-OPTIMIZER_KEY = "optimizer"
-EXTRA_STATE_FILE = "extra_state_rank_{rank}.pt"
 
 
 class ActorWorker(WorkerBase):
@@ -43,16 +40,16 @@ class ActorWorker(WorkerBase):
         from rayrl.workers.policy import build_optimizer, build_scheduler, build_sharded_policy
 
         cfg = self.cfg
-        use_cuda = cfg.actor.num_gpus_per_worker > 0
-        self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        use_cuda = self.device.type == "cuda"
         dist.init_process_group(
             backend="cpu:gloo,cuda:nccl" if use_cuda else "gloo",
             init_method=f"tcp://{master_addr}:{master_port}",
             rank=self.rank, world_size=self.world_size,
             timeout=datetime.timedelta(seconds=max(60.0, cfg.runner.step_timeout_s)),
+            device_id=self.device if use_cuda else None,  # NCCL binds this device and connects eagerly
         )
-        self.model, self.tokenizer = build_sharded_policy(cfg.actor.model, cfg.runner.seed,
-                                                          self.world_size, self.device)
+        self.model, self.tokenizer = build_sharded_policy(cfg.actor.model, cfg.runner.seed, self.world_size,
+                                                          self.device, cfg.actor.mixed_precision)
         self.optimizer = build_optimizer(self.model, cfg.actor.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.actor.optim, cfg.runner.max_steps)
         self.ckpt = ShardedCheckpointIO(self.rank, dist.new_group(backend="gloo"))
@@ -89,6 +86,7 @@ class ActorWorker(WorkerBase):
             self.optimizer.step()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
+        self._release_cached_memory()
         norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         scale = 1.0 / acfg.ppo_epochs
         return {**{k: v * scale for k, v in sums.items()}, "grad_norm": float(norm), "lr": lr,
@@ -103,7 +101,17 @@ class ActorWorker(WorkerBase):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        self._release_cached_memory()
         return sd if self.rank == 0 else None
+
+    def _release_cached_memory(self) -> None:
+        """On a GPU shared with engines (a fractional rollout or reference share), hand the allocator's
+        cached blocks back after training and after the weight gather, so that the engines can use them."""
+        cfg = self.cfg
+        engines = [cfg.rollout, cfg.reference] if cfg.reference.enabled else [cfg.rollout]
+        shared = [r for r in engines if 0 < r.num_gpus_per_worker < 1]
+        if self.device.type == "cuda" and shared:
+            torch.cuda.empty_cache()
 
     # ---------------------------------------------------------------- checkpoint
     def _dcp_state(self) -> dict[str, Any]:
@@ -117,7 +125,7 @@ class ActorWorker(WorkerBase):
         os.makedirs(directory, exist_ok=True)
         extra = {"rng": capture_rng_state(), "lr_scheduler": self.scheduler.state_dict(),
                  "world_size": self.world_size}
-        extra_name = EXTRA_STATE_FILE.format(rank=self.rank)
+        extra_name = extra_state_file(self.rank)
         save_torch(extra, os.path.join(directory, extra_name))
         self._extra_digest = {extra_name: file_digest(os.path.join(directory, extra_name))}
         self._save_digests = None
@@ -161,9 +169,9 @@ class ActorWorker(WorkerBase):
         self.ckpt.load(directory, state)
         set_state_dict(self.model, self.optimizer,
                        model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIMIZER_KEY])
-        extra_path = os.path.join(directory, EXTRA_STATE_FILE.format(rank=self.rank))
+        extra_path = os.path.join(directory, extra_state_file(self.rank))
         if not os.path.exists(extra_path):  # more ranks than were saved: ranks share LR state; RNG of rank 0
-            extra_path = os.path.join(directory, EXTRA_STATE_FILE.format(rank=0))
+            extra_path = os.path.join(directory, extra_state_file(0))
         extra = load_torch(extra_path)
         self.scheduler.load_state_dict(extra["lr_scheduler"])
         restore_rng_state(extra["rng"])

@@ -7,14 +7,13 @@ from typing import Any
 
 import torch
 
+from rayrl.checkpoint.format import rollout_state_file
 from rayrl.checkpoint.manifest import file_digest
 from rayrl.checkpoint.safe_io import load_torch, save_torch
 from rayrl.data.prompts import render_prompt
 from rayrl.data.scoring import Scorer
-from rayrl.engines import Rollouts, make_engine
+from rayrl.engines import GenerationEngine, Rollouts
 from rayrl.workers.base import WorkerBase
-
-STATE_FILE = "worker_{index}.pt"
 
 
 class RolloutWorker(WorkerBase):
@@ -31,7 +30,6 @@ class RolloutWorker(WorkerBase):
         """``n`` responses to each prompt item (its prompt rendered with the tokenizer's chat template when it
         is chat messages), scored here when this worker scores; ``first``: the index of its first sample in
         the step."""
-        self.test_fault_hook(step)  # TEST-ONLY hang injection; a no-op unless RAYRL_TEST_HANG_AT_STEP is set
         prompts = [render_prompt(item["prompt"], self.engine.tokenizer) for item in items]
         rollouts = self.engine.generate(prompts, n, step)
         if self.scorer is not None:
@@ -45,11 +43,25 @@ class RolloutWorker(WorkerBase):
     def save_checkpoint(self, directory: str) -> dict[str, dict]:
         """Write the engine's sampling state; returns the digest of the file written."""
         os.makedirs(directory, exist_ok=True)
-        name = STATE_FILE.format(index=self.index)
+        name = rollout_state_file(self.index)
         save_torch(self.engine.state_dict(), os.path.join(directory, name))
         return {name: file_digest(os.path.join(directory, name))}
 
     def load_checkpoint(self, directory: str) -> None:
-        path = os.path.join(directory, STATE_FILE.format(index=self.index))
+        path = os.path.join(directory, rollout_state_file(self.index))
         if os.path.exists(path):
             self.engine.load_state_dict(load_torch(path))
+
+
+def make_engine(cfg: Any, worker_index: int) -> GenerationEngine:
+    """The engine named by ``cfg.rollout.backend`` (imported here: vLLM is an optional extra)."""
+    backend = cfg.rollout.backend
+    if backend == "hf":
+        from rayrl.engines.hf import HFEngine
+
+        return HFEngine(cfg, worker_index)
+    if backend == "vllm":
+        from rayrl.engines.vllm import VLLMEngine
+
+        return VLLMEngine(cfg, worker_index)
+    raise ValueError(f"rollout.backend: unknown engine {backend!r} (known: hf, vllm)")
