@@ -7,7 +7,8 @@ and the driver's ``run`` call is retried: the new process resumes from this run'
 never archiving, never going back to resume_dir.
 
 The driver imports this module to launch the actor, so torch and what needs it (the data loader, the
-workers) are imported where the actor uses them, in its own process: the driver starts ~3 s sooner.
+workers) are imported where the actor uses them, in its own process, so the driver starts sooner (README,
+"Measurements behind design choices").
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ import ray
 
 import rayrl
 from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid
-from rayrl.checkpoint.manager import load_manager_class
+from rayrl.checkpoint.format import CHECKPOINTS_DIR, M_STEP
 from rayrl.checkpoint.manifest import read_manifest
 from rayrl.config import config_to_dict
-from rayrl.data.tasks import get_task
-from rayrl.failures import InfraFailure, check_finite
+from rayrl.data.tasks import get_task, run_reward_specs
+from rayrl.failures import InfraFailure, WorkerId, check_finite
+from rayrl.managers import build_manager, resolve_manager
 from rayrl.recovery import Recovery, RunFailed
 from rayrl.run_lock import RunLock
 from rayrl.runlog import EventLog, EventLogHandler, MetricsLog
+from rayrl.trackers import Trackers, resolve
 from rayrl.workers.group import remove_leftovers
 
 if TYPE_CHECKING:
@@ -64,6 +67,7 @@ class Coordinator:
         import torch
 
         torch.set_num_threads(1)
+        manager_cls, cfg = resolve_manager(cfg)  # runner.checkpoint as the manager's own config class
         self.cfg = cfg
         with warnings.catch_warnings():  # Ray deprecates an internal it uses for this property
             warnings.simplefilter("ignore")
@@ -72,11 +76,12 @@ class Coordinator:
         self.run_dir = Path(cfg.runner.log_path)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lock = RunLock(self.run_dir)
-        manager_cls = load_manager_class(cfg.runner.checkpoint.manager_class)
-        self.manager = manager_cls(cfg.runner.checkpoint, str(self.run_dir / "checkpoints"))
-        self.task = get_task(cfg.data)
-        self.dataset = self.task.build_dataset(cfg.data.num_samples, cfg.runner.seed)
+        self.manager = build_manager(manager_cls, cfg, str(self.run_dir / CHECKPOINTS_DIR))
+        self.dataset = get_task(cfg.data).build_dataset(cfg.data.num_samples, cfg.runner.seed)
+        self.reward_specs = run_reward_specs(cfg.data)
         self.metrics = MetricsLog(self.run_dir)
+        loggers, self.loggers_said = resolve(cfg.runner.loggers)
+        self.trackers = Trackers(self.run_dir, loggers, cfg.runner.experiment_name, config_to_dict(cfg))
         self.events = EventLog(self.run_dir)
         _log_to(self.events)
         self.recovery = Recovery(self.events, cfg.runner.max_restarts, cfg.runner.restart_backoff_s)
@@ -102,17 +107,19 @@ class Coordinator:
         try:
             return self._run()
         finally:
+            self.trackers.close()
             self.lock.release()  # now, not when the process ends: the same command may start again at once
 
     def _run(self) -> dict[str, Any]:
         runner = self.cfg.runner
+        self.events.emit("loggers", self.loggers_said, loggers=self.trackers.names)
         self._report_own_loss()
         start_dir = self.manager.prepare(runner.resume_dir, runner.resume_mode, self.restarted)
         while True:
             try:
                 return self._train(start_dir)
             except InfraFailure as failure:
-                where = self.fleet.location(failure.what) if self.fleet is not None else {}
+                where = self.fleet.location(failure.workers) if self.fleet is not None else {}
                 replaced = self._release_failed(failure)
                 try:
                     delay = self.recovery.failed(failure.what, failure.cause, failure.node or where.get("node"),
@@ -201,8 +208,8 @@ class Coordinator:
 
     def _train(self, start_dir: str | None) -> dict[str, Any]:
         from rayrl.data.loader import BatchStream
-        from rayrl.participants import ActorPart, DataPart, RolloutPart
-        from rayrl.step import run_step, sync_weights
+        from rayrl.participants import ActorPart, DataPart, HFExportPart, RolloutPart
+        from rayrl.step import Scoring, run_step, sync_weights
         from rayrl.workers.fleet import Fleet
 
         cfg, runner = self.cfg, self.cfg.runner
@@ -222,6 +229,7 @@ class Coordinator:
         start_s = time.perf_counter() - t0  # resources, worker processes (imports), process group
         stream = BatchStream(self.dataset, cfg.data.batch_size, runner.seed)
         parts = [ActorPart(fleet), RolloutPart(fleet), DataPart(stream)]
+        export, export_every = HFExportPart(fleet), cfg.runner.checkpoint.export_hf_every
         if start_dir is not None:
             t0 = time.perf_counter()
             state = self.manager.load(start_dir, parts)
@@ -235,20 +243,24 @@ class Coordinator:
                              start_s=start_s)
         self.recovery.resumed(step)
         self.metrics.truncate_after(step)
+        self.trackers.open(step if start_dir is not None else None)
+        scoring = Scoring(cfg, self.reward_specs)
         while step < runner.max_steps:
             step += 1
             items, epoch = stream.next()
-            metrics = run_step(fleet, cfg, self.task, items, step)
+            metrics = run_step(fleet, cfg, scoring, items, step)
             check_finite(metrics, step)
             metrics.update(epoch=epoch, consumed_samples=stream.consumed_samples)
-            self.metrics.append(metrics)
+            self.trackers.log(self.metrics.append(metrics))
             self.recovery.step_finished(step)
             self.manager.poll()
             notices = fleet.preemption_notices() if runner.save_on_preemption else []
             stopping = self.stop_reason is not None or bool(notices)
             if step % (runner.save_interval or runner.max_steps + 1) == 0 or step == runner.max_steps or stopping:
                 t0 = time.perf_counter()
-                self.manager.save(step, parts, self._trainer_state(step, metrics, stream))
+                exporting = export_every and step % export_every == 0
+                self.manager.save(step, [*parts, export] if exporting else parts,
+                                  self._trainer_state(step, metrics, stream))
                 blocking = time.perf_counter() - t0
                 self.events.emit("save", f"checkpoint of step {step}: training blocked {blocking:.2f}s",
                                  step=step, blocking_s=blocking)
@@ -260,7 +272,7 @@ class Coordinator:
         self._teardown()
         return {"status": "done", "final_step": step}
 
-    def _on_notice(self, step: int, notices: list[str]) -> None:
+    def _on_notice(self, step: int, notices: list[WorkerId]) -> None:
         """After the notice's checkpoint is on disk: a worker's notice hands over to recovery; the
         coordinator's own (or the driver's) ends this process so that it comes back resuming."""
         if notices:
@@ -294,6 +306,6 @@ def _step_of(step_dir: str) -> int:
     """The step a checkpoint holds, from its manifest; -1 when it has none (a custom manager's layout):
     then the workers load it and its trainer state says."""
     try:
-        return int(read_manifest(step_dir)["step"])
+        return int(read_manifest(step_dir)[M_STEP])
     except CheckpointError:
         return -1

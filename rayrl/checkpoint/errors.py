@@ -23,3 +23,9 @@ class CheckpointError(Exception):
 
 class CheckpointInvalid(CheckpointError):
     """A step directory is incomplete or damaged: resume must not use it."""
+
+
+class WorkerLost(Exception):
+    """Base of the errors that mean the workers writing or reading a part are gone (process, node, object,
+    a hang), not that the checkpoint failed: a manager lets them through unchanged so that the runtime
+    recovers. The runtime's ``rayrl.failures.InfraFailure`` is one; this package does not know it."""

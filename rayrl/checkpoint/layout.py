@@ -24,17 +24,15 @@ from pathlib import Path
 from typing import Callable
 
 from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid
-from rayrl.checkpoint.manifest import MANIFEST_FILE, verify_checkpoint
-from rayrl.checkpoint.safe_io import TEMP_PREFIX, atomic_write_text, fsync_dir, fsync_tree, temp_name
+from rayrl.checkpoint.format import ARCHIVE_PREFIX, MANIFEST_FILE, STEP_PREFIX, TEMP_PREFIX, TRACKER_FILE, step_dir_name
+from rayrl.checkpoint.manifest import verify_checkpoint
+from rayrl.checkpoint.safe_io import atomic_write_text, fsync_dir, fsync_tree, temp_name
 
 log = logging.getLogger(__name__)
 
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
-STEP_PREFIX = "global_step_"
-ARCHIVE_PREFIX = "run_"
-_STEP_RE = re.compile(r"global_step_(0|[1-9][0-9]*)")
-_ASIDE_RE = re.compile(r"global_step_[0-9]+\.(corrupt|replaced|superseded)-[0-9]{8}-[0-9]{6}(-[0-9]+)?")
-_ARCHIVE_RE = re.compile(r"run_([0-9]+)")
+_STEP_RE = re.compile(re.escape(STEP_PREFIX) + r"(0|[1-9][0-9]*)")
+_ASIDE_RE = re.compile(re.escape(STEP_PREFIX) + r"[0-9]+\.(corrupt|replaced|superseded)-[0-9]{8}-[0-9]{6}(-[0-9]+)?")
+_ARCHIVE_RE = re.compile(re.escape(ARCHIVE_PREFIX) + r"([0-9]+)")
 
 
 def parse_step(name: str) -> int | None:
@@ -72,7 +70,7 @@ class CheckpointDir:
         self.root = Path(root)
 
     def step_dir(self, step: int) -> Path:
-        return self.root / f"{STEP_PREFIX}{_check_step(step)}"
+        return self.root / step_dir_name(_check_step(step))
 
     def list_step_dirs(self) -> list[tuple[int, Path]]:
         """All ``global_step_N`` directories, oldest first (complete or not: see ``find_resume_point``)."""
@@ -86,7 +84,7 @@ class CheckpointDir:
     def new_temp_dir(self, step: int) -> Path:
         """A fresh hidden sibling to write step ``step`` into (same filesystem as its final place)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / temp_name(f"{STEP_PREFIX}{_check_step(step)}")
+        path = self.root / temp_name(step_dir_name(_check_step(step)))
         path.mkdir()
         return path
 
@@ -118,7 +116,7 @@ class CheckpointDir:
 
     def move_aside(self, path: Path, step: int, tag: str) -> Path:
         """Rename to ``global_step_N.<tag>-<UTC time>[-i]``, a name no discovery ever picks."""
-        base = f"{STEP_PREFIX}{step}.{tag}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+        base = f"{step_dir_name(step)}.{tag}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         target, i = self.root / base, 0
         while target.exists():
             i += 1

@@ -25,15 +25,25 @@ from typing import Any, Callable, Mapping
 from isal.isal_zlib import crc32
 
 from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid
+from rayrl.checkpoint.format import (
+    D_CRC32,
+    D_SIZE,
+    DCP_SHARD_SUFFIX,
+    M_CREATED,
+    M_EXTRA,
+    M_FILES,
+    M_FORMAT_VERSION,
+    M_STEP,
+    M_TOTAL_BYTES,
+    MANIFEST_FILE,
+    MANIFEST_VERSION,
+)
 from rayrl.checkpoint.safe_io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
 _CHUNK = 8 << 20
 _HASH_THREADS = 4  # the CRC and file reads release the GIL, so threads overlap IO and hashing
-DCP_DATA_SUFFIX = ".distcp"  # DCP's data files: checked by the ranks that load them
 
 Digest = dict[str, Any]  # {"size": int, "crc32": "8 hex digits"}
 
@@ -49,11 +59,11 @@ class RunningDigest:
         self.size += len(data)
 
     def digest(self) -> Digest:
-        return {"size": self.size, "crc32": f"{self._crc:08x}"}
+        return {D_SIZE: self.size, D_CRC32: f"{self._crc:08x}"}
 
 
 def file_digest(path: str | os.PathLike[str]) -> Digest:
-    """Size and CRC32 of a file, streamed through one reused buffer (fresh memory is slow here)."""
+    """Size and CRC32 of a file, streamed through one reused buffer (no allocation per chunk)."""
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
     running = RunningDigest()
@@ -64,7 +74,7 @@ def file_digest(path: str | os.PathLike[str]) -> Digest:
 
 
 def same_digest(got: Digest, want: Digest) -> bool:
-    return got["size"] == want["size"] and got["crc32"] == want["crc32"].lower()
+    return got[D_SIZE] == want[D_SIZE] and got[D_CRC32] == want[D_CRC32].lower()
 
 
 def _digest_many(root: Path, rels: list[str]) -> dict[str, Digest]:
@@ -86,6 +96,12 @@ def _list_files(root: Path) -> list[str]:
     return sorted(rels)
 
 
+def digest_tree(root_dir: str | os.PathLike[str]) -> dict[str, Digest]:
+    """Digests of every file under ``root_dir`` by relative POSIX path (what a writer reports of its part)."""
+    root = Path(root_dir)
+    return _digest_many(root, _list_files(root))
+
+
 def build_manifest(root_dir: str | os.PathLike[str], known: Mapping[str, Digest] | None = None) -> dict[str, Any]:
     """Digest every file under ``root_dir``, reusing digests that writers computed of their own files.
 
@@ -101,14 +117,14 @@ def build_manifest(root_dir: str | os.PathLike[str], known: Mapping[str, Digest]
     files: dict[str, Digest] = {}
     for rel in set(reused) & set(rels):
         size = (root / rel).stat().st_size
-        if size != reused[rel]["size"]:
+        if size != reused[rel][D_SIZE]:
             raise CheckpointError(
-                root / rel, f"size changed after its writer hashed it (reported {reused[rel]['size']}, disk {size})"
+                root / rel, f"size changed after its writer hashed it (reported {reused[rel][D_SIZE]}, disk {size})"
             )
-        files[rel] = {"size": int(size), "crc32": str(reused[rel]["crc32"])}
+        files[rel] = {D_SIZE: int(size), D_CRC32: str(reused[rel][D_CRC32])}
     files.update(_digest_many(root, [r for r in rels if r not in reused]))
     files = dict(sorted(files.items()))
-    return {"files": files, "total_bytes": sum(d["size"] for d in files.values())}
+    return {M_FILES: files, M_TOTAL_BYTES: sum(d[D_SIZE] for d in files.values())}
 
 
 def write_manifest(
@@ -116,12 +132,12 @@ def write_manifest(
 ) -> Path:
     """Atomically write ``manifest.json``: the last act of a save, marking the directory complete."""
     doc = {
-        "format_version": FORMAT_VERSION,
-        "step": int(step),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "total_bytes": int(manifest["total_bytes"]),
-        "files": dict(manifest["files"]),
-        "extra": dict(extra or {}),
+        M_FORMAT_VERSION: MANIFEST_VERSION,
+        M_STEP: int(step),
+        M_CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        M_TOTAL_BYTES: int(manifest[M_TOTAL_BYTES]),
+        M_FILES: dict(manifest[M_FILES]),
+        M_EXTRA: dict(extra or {}),
     }
     path = Path(root_dir) / MANIFEST_FILE
     atomic_write_json(path, doc)
@@ -131,14 +147,14 @@ def write_manifest(
 def _check_schema(doc: Any) -> None:
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
-    for key, typ in (("format_version", int), ("step", int), ("files", dict), ("total_bytes", int)):
+    for key, typ in ((M_FORMAT_VERSION, int), (M_STEP, int), (M_FILES, dict), (M_TOTAL_BYTES, int)):
         if not isinstance(doc.get(key), typ):
             raise ValueError(f"{key!r} missing or not {typ.__name__}")
-    for rel, d in doc["files"].items():
+    for rel, d in doc[M_FILES].items():
         p = PurePosixPath(rel)
         if p.is_absolute() or ".." in p.parts or rel != p.as_posix():
             raise ValueError(f"unsafe path {rel!r}")
-        if not (isinstance(d, dict) and isinstance(d.get("size"), int) and isinstance(d.get("crc32"), str)):
+        if not (isinstance(d, dict) and isinstance(d.get(D_SIZE), int) and isinstance(d.get(D_CRC32), str)):
             raise ValueError(f"bad entry for {rel!r}")
 
 
@@ -155,9 +171,9 @@ def read_manifest(step_dir: str | os.PathLike[str]) -> dict[str, Any]:
         _check_schema(doc)
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise CheckpointInvalid(root, f"manifest unreadable: {e}") from e
-    if doc["format_version"] > FORMAT_VERSION:
+    if doc[M_FORMAT_VERSION] > MANIFEST_VERSION:
         raise CheckpointInvalid(
-            root, f"manifest format version {doc['format_version']} is newer than supported ({FORMAT_VERSION})"
+            root, f"manifest format version {doc[M_FORMAT_VERSION]} is newer than supported ({MANIFEST_VERSION})"
         )
     return doc
 
@@ -174,16 +190,16 @@ def verify_checkpoint(
     """
     root = Path(step_dir)
     doc = read_manifest(root)
-    if expected_step is not None and doc["step"] != expected_step:
-        raise CheckpointInvalid(root, f"manifest is for step {doc['step']}, directory is for step {expected_step}")
-    files: dict[str, Digest] = doc["files"]
+    if expected_step is not None and doc[M_STEP] != expected_step:
+        raise CheckpointInvalid(root, f"manifest is for step {doc[M_STEP]}, directory is for step {expected_step}")
+    files: dict[str, Digest] = doc[M_FILES]
     for rel, want in files.items():
         path = root / rel
         if not path.is_file():
             raise CheckpointInvalid(root, f"missing file {rel}")
         size = path.stat().st_size
-        if size != want["size"]:
-            raise CheckpointInvalid(root, f"size mismatch for {rel} (manifest {want['size']} bytes, disk {size})")
+        if size != want[D_SIZE]:
+            raise CheckpointInvalid(root, f"size mismatch for {rel} (manifest {want[D_SIZE]} bytes, disk {size})")
     if check_checksums:
         rels = [rel for rel in files if checked_on_load is None or not checked_on_load(rel)]
         got = _digest_many(root, rels)
@@ -198,7 +214,7 @@ def verify_checkpoint(
 
 def is_dcp_data(rel: str) -> bool:
     """Whether a manifest entry is a DCP data file (checked by the ranks as they load it)."""
-    return rel.endswith(DCP_DATA_SUFFIX)
+    return rel.endswith(DCP_SHARD_SUFFIX)
 
 
 def part_digests(part_dir: str | os.PathLike[str]) -> dict[str, Digest] | None:

@@ -12,8 +12,8 @@ The digests of the written files (for the manifest) are computed as they are wri
 them as it reads the files (``rayrl.checkpoint.dcp_io``): neither reads a shard twice.
 
 DCP writes every tensor with ``torch.save``, which by default computes a CRC32 of each zip record: that
-doubled the CPU time of writing a shard (about 0.5 CPU-s per 0.46 GB here), and the manifest's CRC32 of
-every file already covers those bytes. So the process that owns a ``ShardedCheckpointIO`` turns torch's
+doubled the CPU time of writing a shard (README, "Measurements behind design choices"), and the manifest's
+CRC32 of every file already covers those bytes. So the process that owns a ``ShardedCheckpointIO`` turns torch's
 record CRC off (``torch.serialization.set_crc32_options``; ``torch.load`` reads such files as usual).
 """
 
@@ -71,9 +71,13 @@ class ShardedCheckpointIO:
             self._pending = Future()
             self._pending.set_result(writer.digests)
             return
+        cuda_devices = {t.device for t in _leaves(state_dict) if isinstance(t, torch.Tensor) and t.is_cuda}
+        for device in cuda_devices:
+            # DCP's stager copies on a stream of its own and synchronises only that one: the kernels that
+            # last wrote these tensors (the optimizer step) must have finished on the compute stream first.
+            torch.cuda.current_stream(device).synchronize()
         if self._stager is None:
-            on_gpu = torch.cuda.is_available() and any(
-                isinstance(t, torch.Tensor) and t.is_cuda for t in _leaves(state_dict))
+            on_gpu = bool(cuda_devices)
             self._stager = DefaultStager(StagingOptions(
                 use_pinned_memory=on_gpu, use_shared_memory=False,
                 use_async_staging=True, use_non_blocking_copy=on_gpu))
@@ -212,8 +216,7 @@ def _lowest_cpu_priority() -> None:
     """Nice this thread (Linux schedules threads one by one) to the lowest priority: a background save
     then takes mostly CPU time that training leaves idle (generation keeps one worker busy at a time).
     Ray starts its workers at nice 15, so this is a small step down; the idle class (SCHED_IDLE) goes
-    further but measured worse (step time with a save every step 1.35x no saving, against 1.11x), likely
-    because a starved thread holding the GIL or the process's memory-map lock stalls the training thread
+    further but measured worse (README, "Measurements behind design choices"), likely because a starved thread holding the GIL or the process's memory-map lock stalls the training thread
     that waits for it. Elsewhere setpriority would nice the whole process, so it is left alone there."""
     if sys.platform == "linux":
         with contextlib.suppress(OSError):
