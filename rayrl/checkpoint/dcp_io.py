@@ -94,7 +94,6 @@ class DigestingWriter(FileSystemWriter):
         return dict(self.fs.digests)
 
 
-
 class _VerifyingReadStream:
     """A file read front to back whose bytes are digested; ``read_range`` serves DCP's items in order.
     A backward jump or a skipped gap (bytes this rank does not need) means no digest of the whole file."""
