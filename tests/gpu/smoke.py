@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["abc", "hello", "xyz", "12 34"]
+ITEMS = [{"prompt": p} for p in PROMPTS]  # what a rollout worker gets: dataset rows (unscored here)
 N_SAMPLES = 4
 
 
@@ -57,7 +58,9 @@ def make_config(model_dir: str, gpus: float, *extra: str) -> Any:
                               f"actor.num_gpus_per_worker={gpus:g}", f"rollout.num_gpus_per_worker={gpus:g}",
                               f"reference.num_gpus_per_worker={gpus:g}", f"rollout.n_samples_per_prompt={N_SAMPLES}",
                               "rollout.max_new_tokens=8", "runner.max_steps=10", "actor.optim.lr=1e-2",
-                              f"runner.output_dir={tempfile.gettempdir()}", *extra])
+                              f"runner.output_dir={tempfile.gettempdir()}",
+                              "data.reward_workers=0",  # the rollout workers only generate; rewards are made up
+                              *extra])
 
 
 def free_port() -> int:
@@ -80,7 +83,7 @@ def make_batch(cfg: Any) -> dict:
 
     from rayrl.workers.rollout import RolloutWorker
 
-    rollouts = RolloutWorker(cfg, 0).generate(PROMPTS, N_SAMPLES, 1)
+    rollouts = RolloutWorker(cfg, 0).generate(ITEMS, N_SAMPLES, 1, 0)
     rewards = torch.arange(len(rollouts.response_texts), dtype=torch.float32) % 3
     from rayrl.algorithms.grpo import group_advantages
 
@@ -245,13 +248,13 @@ class Suite:
         w0, w1 = RolloutWorker(cfg, 0), RolloutWorker(cfg, 1)
         assert {g.device.type for g in w0.engine.generators.values()} == {"cpu", self.device}
         w0.save_checkpoint(str(self.work / "rollout"))
-        a1, a2 = w0.generate(PROMPTS, N_SAMPLES, 1).response_ids, w0.generate(PROMPTS, N_SAMPLES, 2).response_ids
-        b1 = w1.generate(PROMPTS, N_SAMPLES, 1).response_ids
+        a1, a2 = w0.generate(ITEMS, N_SAMPLES, 1, 0).response_ids, w0.generate(ITEMS, N_SAMPLES, 2, 0).response_ids
+        b1 = w1.generate(ITEMS, N_SAMPLES, 1, 0).response_ids
         assert not torch.equal(a1, a2), "the same samples in two steps"
         assert not torch.equal(a1, b1), "the same samples on two workers"
         resumed = RolloutWorker(cfg, 0)
         resumed.load_checkpoint(str(self.work / "rollout"))
-        r1, r2 = resumed.generate(PROMPTS, N_SAMPLES, 1).response_ids, resumed.generate(PROMPTS, N_SAMPLES, 2).response_ids
+        r1, r2 = resumed.generate(ITEMS, N_SAMPLES, 1, 0).response_ids, resumed.generate(ITEMS, N_SAMPLES, 2, 0).response_ids
         assert torch.equal(r1, a1) and torch.equal(r2, a2), "a resumed worker draws other samples"
         return "new noise per step and per worker; resume reproduces"
 
