@@ -99,7 +99,7 @@ class CheckpointConfig:
     metric: Optional[str] = _field(None, _NONEMPTY)  # a key of the step's metrics, e.g. reward_mean
     metric_mode: str = _field("max", _one_of("max", "min"))  # whether a larger or smaller metric is better
     manager_class: Optional[str] = None  # dotted path "pkg.module.Class" of a custom CheckpointManager
-    verify_checksums: bool = True  # verify manifest checksums when choosing a checkpoint to resume
+    verify_checksums: bool = True  # verify manifest checksums on resume (DCP shards as the actor ranks read them)
     export_hf_every: int = _field(0, _ge(0))  # also export a HF model dir every N steps; 0 = never
 
 
@@ -471,7 +471,9 @@ overrides:
   use interpolation, e.g. 'runner.log_path=${runner.output_dir}/x'.
 
 exit status:
-  0 the run finished; 2 bad config or usage; anything else: the run failed after its restart budget.
+  0 done; 2 bad config or usage; 1 the run failed after its restart budget (run_main.sh relaunches it);
+  3 a program error (an exception in rayrl's or your code: not retried); 75 stopped by a preemption
+  notice after saving (relaunched by run_main.sh); 130 interrupted by the user.
 """
 
 

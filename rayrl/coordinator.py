@@ -7,7 +7,8 @@ and the driver's ``run`` call is retried: the new process resumes from this run'
 never archiving, never going back to resume_dir.
 
 The driver imports this module to launch the actor, so torch and what needs it (the data loader, the
-workers) are imported where the actor uses them, in its own process: the driver starts ~3 s sooner.
+workers) are imported where the actor uses them, in its own process, so the driver starts sooner (README,
+"Measurements behind design choices").
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 import rayrl
-from rayrl.checkpoint.errors import CheckpointError
+from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid
 from rayrl.checkpoint.format import CHECKPOINTS_DIR, M_STEP
 from rayrl.checkpoint.manifest import read_manifest
 from rayrl.config import config_to_dict
@@ -132,6 +133,13 @@ class Coordinator:
                 if start_dir is None:  # nothing to load into the kept workers: they restart fresh too
                     self._teardown()
             except Exception as err:
+                if isinstance(err, CheckpointInvalid) and start_dir is not None and not os.path.exists(start_dir):
+                    # a file of the step failed its checksum while the workers read it: the manager moved
+                    # the step aside, so resume from the next valid one into the same workers
+                    start_dir = self.manager.prepare(runner.resume_dir, runner.resume_mode, restarted=True)
+                    if start_dir is None:  # the workers hold part of the damaged state: start them afresh
+                        self._teardown()
+                    continue
                 self._teardown()
                 self.events.emit("program_error", f"stopped by a program error (not retried): {err}",
                                  error=type(err).__name__)
@@ -200,7 +208,7 @@ class Coordinator:
 
     def _train(self, start_dir: str | None) -> dict[str, Any]:
         from rayrl.data.loader import BatchStream
-        from rayrl.participants import ActorPart, DataPart, RolloutPart
+        from rayrl.participants import ActorPart, DataPart, HFExportPart, RolloutPart
         from rayrl.step import Scoring, run_step, sync_weights
         from rayrl.workers.fleet import Fleet
 
@@ -221,6 +229,7 @@ class Coordinator:
         start_s = time.perf_counter() - t0  # resources, worker processes (imports), process group
         stream = BatchStream(self.dataset, cfg.data.batch_size, runner.seed)
         parts = [ActorPart(fleet), RolloutPart(fleet), DataPart(stream)]
+        export, export_every = HFExportPart(fleet), cfg.runner.checkpoint.export_hf_every
         if start_dir is not None:
             t0 = time.perf_counter()
             state = self.manager.load(start_dir, parts)
@@ -249,7 +258,9 @@ class Coordinator:
             stopping = self.stop_reason is not None or bool(notices)
             if step % (runner.save_interval or runner.max_steps + 1) == 0 or step == runner.max_steps or stopping:
                 t0 = time.perf_counter()
-                self.manager.save(step, parts, self._trainer_state(step, metrics, stream))
+                exporting = export_every and step % export_every == 0
+                self.manager.save(step, [*parts, export] if exporting else parts,
+                                  self._trainer_state(step, metrics, stream))
                 blocking = time.perf_counter() - t0
                 self.events.emit("save", f"checkpoint of step {step}: training blocked {blocking:.2f}s",
                                  step=step, blocking_s=blocking)

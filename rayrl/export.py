@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 def export_hf(step_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], verify: bool = True) -> Path:
     """Write the policy of checkpoint ``step_dir`` as a HF model directory ``out_dir``; returns its path.
 
-    ``verify`` checks the step's manifest (sizes and checksums) first; the checkpoint manager turns it off
-    for the periodic export it writes into a step that has no manifest yet. Raises ``CheckpointError``.
+    ``verify`` checks the step's manifest (sizes and checksums) first; off, a directory without a manifest
+    (DCP files and a trainer_state.json written by other means) is exported too. Raises ``CheckpointError``.
+    A run's periodic exports (``export_hf_every``) are written by the actor ranks, not by this.
     """
     step, out = Path(step_dir), Path(out_dir)
     if verify:
@@ -81,8 +82,7 @@ def _model_config(step: Path) -> tuple[ModelConfig, int]:
 
 def _skeleton(model_cfg: ModelConfig, seed: int) -> tuple[Any, Any]:
     """The model on the meta device (config and layout, no weights) and its tokenizer. The tiny model's
-    builder seeds the global CPU generator and restores it on exit (fork_rng); the coordinator, which runs
-    periodic exports in a thread, draws nothing from that generator (its data order has generators of its own)."""
+    builder seeds the global CPU generator and restores it on exit (fork_rng)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from rayrl.models.loading import DTYPES, load_model_and_tokenizer
@@ -126,7 +126,7 @@ def _read_weights(dcp_dir: Path, expected: dict[str, torch.Size]) -> dict[str, t
 
 
 def _save_quietly(model: Any, tokenizer: Any, out: Path, weights: dict[str, torch.Tensor]) -> None:
-    """``save_model_dir`` without transformers' progress bars (this also runs inside the coordinator)."""
+    """``save_model_dir`` without transformers' progress bars."""
     from transformers.utils import logging as hf_logging
 
     from rayrl.models.loading import save_model_dir

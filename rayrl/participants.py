@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from rayrl.checkpoint.format import ACTOR_DIR, DATA_DIR, DATA_STATE_FILE, ROLLOUT_DIR
+from rayrl.checkpoint.format import ACTOR_DIR, DATA_DIR, DATA_STATE_FILE, HF_DIR, ROLLOUT_DIR
 from rayrl.checkpoint.manifest import file_digest
 from rayrl.checkpoint.safe_io import load_torch, save_torch
 from rayrl.workers.fleet import Fleet
@@ -36,6 +36,26 @@ class ActorPart:
 
     def load(self, directory: str) -> None:
         self.fleet.wait_all(self.fleet.actor.call("load_checkpoint", directory), "actor")
+
+
+class HFExportPart:
+    """The policy as a Hugging Face model directory in ``hf/`` (``runner.checkpoint.export_hf_every``), written
+    by the actor ranks in parallel. Saved with its step (the manifest covers it, retention deletes it with the
+    step); never loaded: resume reads the actor's own shards."""
+
+    name = HF_DIR
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def save(self, directory: str, async_save: bool) -> Digests | None:
+        return _merged(self.fleet.wait_all(self.fleet.actor.call("export_hf", directory), "actor"))
+
+    def poll_save(self, block: bool) -> Digests | None:
+        raise AssertionError("the export is always written synchronously")
+
+    def load(self, directory: str) -> None:
+        raise AssertionError("an export is never loaded back")
 
 
 class RolloutPart:

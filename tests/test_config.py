@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,12 @@ def test_help_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
         parse_args(["--help"])
     assert info.value.code == 0
     assert "usage: rayrl" in capsys.readouterr().out
+
+
+def test_help_lists_the_exit_codes_of_the_readme(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    section = capsys.readouterr().out.split("exit status:")[1]
+    in_help = re.findall(r"(?:^|;)\s*(\d+) ", section, re.M)
+    readme = (REPO / "README.md").read_text().split("**Exit status**")[1].split("\n\n")[0]
+    assert in_help and sorted(in_help) == sorted(re.findall(r"`(\d+)`", readme)), (in_help, readme)

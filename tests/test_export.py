@@ -75,7 +75,8 @@ def actor_logits(run):
 def test_periodic_export_lies_in_its_step_and_the_manifest_covers_it(run):
     assert not (run / step_dir_name(1) / HF_DIR).exists()  # 1 is not a multiple of export_hf_every=2
     listed = read_manifest(run / STEP_2)[M_FILES]
-    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+    for name in ("model-00001-of-00001.safetensors", "model.safetensors.index.json", "config.json",
+                 "generation_config.json", "tokenizer.json"):
         assert f"{HF_DIR}/{name}" in listed
 
 

@@ -29,10 +29,6 @@ LAYERS: list[set[str]] = [
     {"main"},
 ]
 LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}
-# Imports that point up today, each with the change that removes it (none may be added).
-KNOWN_UPWARD: dict[tuple[str, str], str] = {
-    ("rayrl.checkpoint.manager", "rayrl.export"): "issue 13 item 3: the actor ranks write the HF export",
-}
 
 
 def _module_name(path: Path) -> str:
@@ -87,7 +83,7 @@ def _upward(graph: dict[str, set[str]]) -> list[str]:
     for module, targets in sorted(graph.items()):
         for target in sorted(targets):
             src, dst = _unit(module), _unit(target)
-            if src != dst and LAYER_OF[dst] >= LAYER_OF[src] and (module, target) not in KNOWN_UPWARD:
+            if src != dst and LAYER_OF[dst] >= LAYER_OF[src]:
                 found.append(f"{module} (layer {LAYER_OF[src]}) imports {target} (layer {LAYER_OF[dst]})")
     return found
 

@@ -13,19 +13,17 @@ docs/checkpoint_manager.md describes the protocol, the participants and how to w
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
 import shutil
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-from rayrl.checkpoint.errors import CheckpointError, WorkerLost
-from rayrl.checkpoint.format import HF_DIR, M_STEP, M_TOTAL_BYTES, MANIFEST_FILE, TRACKER_FILE, TRAINER_STATE_FILE
-from rayrl.checkpoint.layout import CheckpointDir
-from rayrl.checkpoint.manifest import build_manifest, verify_checkpoint, write_manifest
+from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid, WorkerLost
+from rayrl.checkpoint.format import M_STEP, M_TOTAL_BYTES, MANIFEST_FILE, TRACKER_FILE, TRAINER_STATE_FILE
+from rayrl.checkpoint.layout import CheckpointDir, parse_step
+from rayrl.checkpoint.manifest import build_manifest, is_dcp_data, verify_checkpoint, write_manifest
 from rayrl.checkpoint.retention import select_steps_to_delete
 from rayrl.checkpoint.safe_io import atomic_write_json
 
@@ -96,18 +94,16 @@ class _Pending:
     participants: list[Participant]
     digests: Digests = field(default_factory=dict)
     waiting: list[Participant] = field(default_factory=list)
-    export: Future | None = None  # the periodic HF export into the step, once the participants are done
 
 
 class DefaultCheckpointManager:
-    """Atomic per-step directories, async saves, manifest-verified resume, retention from disk,
-    periodic HF exports. Subclasses can act on each committed step through ``on_committed``."""
+    """Atomic per-step directories, async saves, manifest-verified resume, retention from disk.
+    Subclasses can act on each committed step through ``on_committed``."""
 
     def __init__(self, config: Any, checkpoint_dir: str) -> None:
         self.config = config
         self.dir = CheckpointDir(checkpoint_dir)
         self._pending: _Pending | None = None
-        self._exporter: ThreadPoolExecutor | None = None
 
     # -------------------------------------------------------------- where to start
     def prepare(self, resume_dir: str | None, resume_mode: str, restarted: bool) -> str | None:
@@ -125,7 +121,8 @@ class DefaultCheckpointManager:
                 log.info("resume_mode=disable: archived earlier checkpoints into %s", archive)
             return None
         if resume_dir is not None:
-            step = verify_checkpoint(resume_dir, check_checksums=self.config.verify_checksums)[M_STEP]
+            step = verify_checkpoint(resume_dir, check_checksums=self.config.verify_checksums,
+                                     checked_on_load=is_dcp_data)[M_STEP]
             self._supersede_after(step, resume_dir)
             return resume_dir
         return None
@@ -148,7 +145,7 @@ class DefaultCheckpointManager:
                 (self.dir.root / TRACKER_FILE).unlink(missing_ok=True)
 
     def latest(self) -> str | None:
-        found = self.dir.find_resume_point(check_checksums=self.config.verify_checksums)
+        found = self.dir.find_resume_point(check_checksums=self.config.verify_checksums, checked_on_load=is_dcp_data)
         return str(found[1]) if found else None
 
     def list_steps(self) -> list[int]:
@@ -193,7 +190,7 @@ class DefaultCheckpointManager:
                 if digests is not None:
                     pending.digests.update(_prefixed(p.name, digests))
                     pending.waiting.remove(p)
-            if pending.waiting or not self._exported(pending, block):
+            if pending.waiting:
                 return None
         except BaseException as err:
             self.abort()
@@ -202,25 +199,6 @@ class DefaultCheckpointManager:
             raise CheckpointError(pending.temp_dir, f"background save of step {pending.step} failed: "
                                   f"{type(err).__name__}: {err}") from err
         return self._commit()
-
-    def _exported(self, pending: _Pending, block: bool) -> bool:
-        """Whether the step's periodic HF export (``export_hf_every``) is done, starting it in the
-        background once the actor's shards are complete. It lands in ``hf/`` before the manifest is
-        written, so the manifest covers it and retention deletes it with its step."""
-        every = getattr(self.config, "export_hf_every", 0)
-        if not every or pending.step % every:
-            return True
-        if pending.export is None:
-            from rayrl.export import export_hf
-
-            if self._exporter is None:
-                self._exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayrl-hf-export")
-            pending.export = self._exporter.submit(export_hf, pending.temp_dir, pending.temp_dir / HF_DIR,
-                                                   verify=False)
-        if not block and not pending.export.done():
-            return False
-        pending.export.result()
-        return True
 
     def _commit(self) -> int:
         pending, self._pending = self._pending, None
@@ -245,8 +223,6 @@ class DefaultCheckpointManager:
     def abort(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
-            if pending.export is not None and not pending.export.cancel():
-                concurrent.futures.wait([pending.export])  # local work: let it finish, not recreate files later
             shutil.rmtree(pending.temp_dir, ignore_errors=True)
             log.warning("Dropped the unfinished save of step %d", pending.step)
 
@@ -272,9 +248,26 @@ class DefaultCheckpointManager:
 
         with open(os.path.join(step_dir, TRAINER_STATE_FILE)) as f:
             state = json.load(f)
-        for p in participants:
-            p.load(os.path.join(step_dir, p.name))
+        try:
+            for p in participants:
+                p.load(os.path.join(step_dir, p.name))
+        except Exception as err:
+            invalid = _invalid_cause(err)
+            if invalid is None:
+                raise
+            self._set_aside(step_dir, invalid)
+            raise invalid from err
         return state
+
+    def _set_aside(self, step_dir: str, err: CheckpointInvalid) -> None:
+        """A step of this run found damaged while loading (its DCP files are checked as they are read)
+        is moved aside like one found damaged at discovery, so that the next ``prepare`` passes over it."""
+        path = Path(step_dir)
+        step = parse_step(path.name)
+        if step is None or not _same_path(path.parent, self.dir.root):
+            return
+        aside = self.dir.move_aside(path, step, "corrupt")
+        log.warning("Checkpoint %s is invalid (%s); moved aside to %s", path, err.reason, aside.name)
 
 
 def _same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
@@ -295,8 +288,18 @@ def _started_from(step_dir: str, resume_dir: str) -> bool:
 
 def _checked(step_dir: str | None, check_checksums: bool) -> str | None:
     if step_dir is not None:
-        verify_checkpoint(step_dir, check_checksums=check_checksums)
+        verify_checkpoint(step_dir, check_checksums=check_checksums, checked_on_load=is_dcp_data)
     return step_dir
+
+
+def _invalid_cause(err: BaseException | None) -> CheckpointInvalid | None:
+    """The CheckpointInvalid behind an error from a worker (wrapped by Ray and by the fleet), if any."""
+    for _ in range(8):
+        if err is None or isinstance(err, CheckpointInvalid):
+            return err
+        cause = getattr(err, "cause", None)
+        err = cause if isinstance(cause, BaseException) else err.__cause__
+    return None
 
 
 def _prefixed(name: str, digests: Digests) -> Digests:

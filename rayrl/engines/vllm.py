@@ -12,7 +12,7 @@ Why it is built this way:
   weight-loading path) from tensors in memory. Nothing is written to or re-read from disk per sync.
 - Every sample has its own seed, a pure function of (run seed, worker index, step, sample index): sampling
   depends on no hidden RNG stream, so a step generated again after a resume draws the same samples
-  wherever vLLM's forward pass is deterministic (measured on CPU: tests/vllm/test_vllm_run.py).
+  wherever vLLM's forward pass is deterministic (checked on CPU: tests/vllm_env/test_vllm_run.py).
 - The model's generation_config is ignored (``generation_config="vllm"``): the sampling settings are
   exactly those of the rollout config, which the policy-gradient ratios assume.
 """

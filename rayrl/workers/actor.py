@@ -1,8 +1,9 @@
 """ActorWorker: one rank of the policy being trained (FSDP2 over a torch.distributed group).
 
 The coordinator imports this module for the class alone, on the path of every (re)start. FSDP and
-torch.distributed.checkpoint (DTensor pulls in sympy: ~1.4 s of imports) are imported in the methods that
-use them, in the actor processes, so that the coordinator creates the workers that much sooner.
+torch.distributed.checkpoint (DTensor pulls in sympy, a slow import) are imported in the methods that use
+them, in the actor processes, so that the coordinator creates the workers sooner (README, "Measurements
+behind design choices").
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch.distributed as dist
 
 from rayrl.algorithms.grpo import policy_loss
 from rayrl.checkpoint.format import MODEL_KEY, OPTIMIZER_KEY, extra_state_file
-from rayrl.checkpoint.manifest import file_digest
+from rayrl.checkpoint.manifest import digest_tree, file_digest
 from rayrl.checkpoint.rng import capture_rng_state, restore_rng_state
 from rayrl.checkpoint.safe_io import load_torch, save_torch
 from rayrl.config import ConfigError
@@ -104,6 +105,29 @@ class ActorWorker(WorkerBase):
         self._release_cached_memory()
         return sd if self.rank == 0 else None
 
+    def export_hf(self, directory: str) -> dict[str, dict]:
+        """Write the policy as a Hugging Face model directory, every rank its own shards in parallel (a
+        collective); rank 0 adds the config and tokenizer and returns the digests of every file, the others
+        nothing. Reads the weights only: an async save still staging them is unaffected."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        from rayrl.checkpoint.hf import save_hf_weights
+
+        save_hf_weights(get_model_state_dict(self.model), directory, self.rank, tied=self._tied_names())
+        if self.rank != 0:
+            return {}
+        self.model.config.save_pretrained(directory)
+        self.model.generation_config.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return digest_tree(directory)
+
+    def _tied_names(self) -> set[str]:
+        """The second and later names of a parameter shared under several names (tied embeddings)."""
+        names: dict[int, list[str]] = {}
+        for name, param in self.model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(param), []).append(name)
+        return {name for same in names.values() for name in same[1:]}
+
     def _release_cached_memory(self) -> None:
         """On a GPU shared with engines (a fractional rollout or reference share), hand the allocator's
         cached blocks back after training and after the weight gather, so that the engines can use them."""
@@ -166,7 +190,7 @@ class ActorWorker(WorkerBase):
             key = ("runner.resume_dir" if explicit and os.path.realpath(explicit) == os.path.realpath(step_dir)
                    else "actor.model")
             raise ConfigError(f"{key}: checkpoint {step_dir} does not fit actor.model: {mismatch}")
-        self.ckpt.load(directory, state)
+        self.ckpt.load(directory, state, verify=self.cfg.runner.checkpoint.verify_checksums)
         set_state_dict(self.model, self.optimizer,
                        model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIMIZER_KEY])
         extra_path = os.path.join(directory, extra_state_file(self.rank))
