@@ -81,6 +81,8 @@ _WORKER_GPUS = _Rule(lambda v: v >= 0 and (v <= 1 or float(v).is_integer()),
 
 _NONEMPTY = _Rule(lambda v: v.strip() != "", "must not be empty")
 
+LOGGERS = ("console", "tensorboard", "wandb")
+
 # Tasks that read a dataset from `data.path` instead of generating one.
 FILE_TASKS = ("jsonl", "parquet", "hf_dataset")
 
@@ -97,7 +99,7 @@ class CheckpointConfig:
     metric: Optional[str] = _field(None, _NONEMPTY)  # a key of the step's metrics, e.g. reward_mean
     metric_mode: str = _field("max", _one_of("max", "min"))  # whether a larger or smaller metric is better
     manager_class: Optional[str] = None  # dotted path "pkg.module.Class" of a custom CheckpointManager
-    verify_checksums: bool = True  # verify manifest checksums when choosing a checkpoint to resume
+    verify_checksums: bool = True  # verify manifest checksums on resume (DCP shards as the actor ranks read them)
     export_hf_every: int = _field(0, _ge(0))  # also export a HF model dir every N steps; 0 = never
 
 
@@ -118,6 +120,7 @@ class RunnerConfig:
     step_timeout_s: float = _field(600.0, _gt(0))  # a step without progress this long counts as a hang
     resource_wait_s: float = _field(120.0, _gt(0))  # how long recovery waits for resources to come back
     save_on_preemption: bool = True  # on SIGTERM / node drain, checkpoint at the next step boundary
+    loggers: Optional[list[str]] = None  # console, tensorboard, wandb; null = console + what is installed
     deterministic: bool = False  # GPU: deterministic kernels (torch, cuBLAS, vLLM batch-invariant); CPU is always exact
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
@@ -188,6 +191,14 @@ class ReferenceConfig:
 
 
 @dataclass
+class RewardFnConfig:
+    """One reward function of data.reward_fns."""
+
+    fn: str = _field("???", _NONEMPTY)  # dotted path pkg.module:function
+    weight: float = 1.0  # its weight in the reward the advantages are computed from
+
+
+@dataclass
 class DataConfig:
     """The prompts and their verifiable answers."""
 
@@ -198,6 +209,11 @@ class DataConfig:
     prompt_key: str = _field("prompt", _NONEMPTY)  # column holding the prompt in file datasets
     answer_key: str = _field("answer", _NONEMPTY)  # column holding the reference answer in file datasets
     pattern_length: int = _field(2, _ge(1))  # copy_pattern: symbols to repeat
+    reward_fns: Optional[list[RewardFnConfig]] = None  # [{fn: pkg.module:function, weight}]; null = built-in
+    reward_fn: Optional[str] = _field(None, _NONEMPTY)  # short form: one function, weight 1
+    reward_workers: Optional[int] = _field(None, _ge(0))  # null: in the rollout workers; N: a pool of N;
+    #                                                      0: serially in the coordinator (the slow reference)
+    reward_timeout_s: float = _field(60.0, _gt(0))  # one reward call; past it: a program error
 
 
 @dataclass
@@ -295,6 +311,9 @@ def validate(cfg: RayRLConfig) -> None:
         raise ConfigError(f"runner.resume_dir: does not exist: {resume_dir}")
     if resume_dir is not None and not os.path.isdir(resume_dir):
         raise ConfigError(f"runner.resume_dir: not a directory: {resume_dir}")
+    for i, logger in enumerate(cfg.runner.loggers or []):
+        if logger not in LOGGERS:
+            raise ConfigError(f"runner.loggers[{i}]: must be one of {', '.join(LOGGERS)} (got {logger!r})")
     if cfg.data.task in FILE_TASKS and cfg.data.path is None:
         raise ConfigError(f"data.path: required when data.task is {cfg.data.task!r}")
     if cfg.rollout.num_workers > cfg.data.batch_size:
@@ -400,6 +419,8 @@ def _assign(cfg: DictConfig, key: str, value: Any) -> None:
 def _translate(e: OmegaConfBaseException, key: str, value: Any) -> ConfigError:
     """OmegaConf's multi-line exception as a one-line ConfigError naming the most precise key."""
     where = e.full_key or key
+    if not where.startswith(key.split(".")[0]):  # inside a list of mappings: OmegaConf names the item's key only
+        return ConfigError(f"{key}: {where}: {_first_line(e)}")
     if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
         parent, _, name = where.rpartition(".")
         schema = _schema_type(parent) if parent else RayRLConfig

@@ -25,16 +25,17 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 import rayrl
-from rayrl.checkpoint.errors import CheckpointError
+from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid
 from rayrl.checkpoint.format import CHECKPOINTS_DIR, M_STEP
 from rayrl.checkpoint.manifest import read_manifest
 from rayrl.config import config_to_dict
-from rayrl.data.tasks import get_task
+from rayrl.data.tasks import get_task, run_reward_specs
 from rayrl.failures import InfraFailure, WorkerId, check_finite
 from rayrl.managers import build_manager, resolve_manager
 from rayrl.recovery import Recovery, RunFailed
 from rayrl.run_lock import RunLock
 from rayrl.runlog import EventLog, EventLogHandler, MetricsLog
+from rayrl.trackers import Trackers, resolve
 from rayrl.workers.group import remove_leftovers
 
 if TYPE_CHECKING:
@@ -76,9 +77,11 @@ class Coordinator:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lock = RunLock(self.run_dir)
         self.manager = build_manager(manager_cls, cfg, str(self.run_dir / CHECKPOINTS_DIR))
-        self.task = get_task(cfg.data)
-        self.dataset = self.task.build_dataset(cfg.data.num_samples, cfg.runner.seed)
+        self.dataset = get_task(cfg.data).build_dataset(cfg.data.num_samples, cfg.runner.seed)
+        self.reward_specs = run_reward_specs(cfg.data)
         self.metrics = MetricsLog(self.run_dir)
+        loggers, self.loggers_said = resolve(cfg.runner.loggers)
+        self.trackers = Trackers(self.run_dir, loggers, cfg.runner.experiment_name, config_to_dict(cfg))
         self.events = EventLog(self.run_dir)
         _log_to(self.events)
         self.recovery = Recovery(self.events, cfg.runner.max_restarts, cfg.runner.restart_backoff_s)
@@ -104,10 +107,12 @@ class Coordinator:
         try:
             return self._run()
         finally:
+            self.trackers.close()
             self.lock.release()  # now, not when the process ends: the same command may start again at once
 
     def _run(self) -> dict[str, Any]:
         runner = self.cfg.runner
+        self.events.emit("loggers", self.loggers_said, loggers=self.trackers.names)
         self._report_own_loss()
         start_dir = self.manager.prepare(runner.resume_dir, runner.resume_mode, self.restarted)
         while True:
@@ -128,6 +133,13 @@ class Coordinator:
                 if start_dir is None:  # nothing to load into the kept workers: they restart fresh too
                     self._teardown()
             except Exception as err:
+                if isinstance(err, CheckpointInvalid) and start_dir is not None and not os.path.exists(start_dir):
+                    # a file of the step failed its checksum while the workers read it: the manager moved
+                    # the step aside, so resume from the next valid one into the same workers
+                    start_dir = self.manager.prepare(runner.resume_dir, runner.resume_mode, restarted=True)
+                    if start_dir is None:  # the workers hold part of the damaged state: start them afresh
+                        self._teardown()
+                    continue
                 self._teardown()
                 self.events.emit("program_error", f"stopped by a program error (not retried): {err}",
                                  error=type(err).__name__)
@@ -197,7 +209,7 @@ class Coordinator:
     def _train(self, start_dir: str | None) -> dict[str, Any]:
         from rayrl.data.loader import BatchStream
         from rayrl.participants import ActorPart, DataPart, HFExportPart, RolloutPart
-        from rayrl.step import run_step, sync_weights
+        from rayrl.step import Scoring, run_step, sync_weights
         from rayrl.workers.fleet import Fleet
 
         cfg, runner = self.cfg, self.cfg.runner
@@ -231,13 +243,15 @@ class Coordinator:
                              start_s=start_s)
         self.recovery.resumed(step)
         self.metrics.truncate_after(step)
+        self.trackers.open(step if start_dir is not None else None)
+        scoring = Scoring(cfg, self.reward_specs)
         while step < runner.max_steps:
             step += 1
             items, epoch = stream.next()
-            metrics = run_step(fleet, cfg, self.task, items, step)
+            metrics = run_step(fleet, cfg, scoring, items, step)
             check_finite(metrics, step)
             metrics.update(epoch=epoch, consumed_samples=stream.consumed_samples)
-            self.metrics.append(metrics)
+            self.trackers.log(self.metrics.append(metrics))
             self.recovery.step_finished(step)
             self.manager.poll()
             notices = fleet.preemption_notices() if runner.save_on_preemption else []

@@ -21,6 +21,7 @@ from ray.exceptions import (
 )
 
 from rayrl.checkpoint.errors import WorkerLost
+from rayrl.data.scoring import RewardError
 
 # ObjectLostError covers OwnerDiedError; RayActorError covers ActorDiedError and ActorUnavailableError.
 INFRA_ERRORS = (RayActorError, ObjectLostError, NodeDiedError, WorkerCrashedError, LocalRayletDiedError,
@@ -87,7 +88,10 @@ def _unwrapped(err: BaseException) -> BaseException:
 
 
 def _last_line(err: BaseException, limit: int = 240) -> str:
-    """The informative line of a (possibly remote, multi-line) error message, without Ray's generic advice."""
+    """The informative line of a (possibly remote, multi-line) error message, without Ray's generic advice.
+    A reward function's error is one line written for the user (it shows the sample): kept whole."""
+    if isinstance(_unwrapped(err), RewardError):
+        return str(_unwrapped(err))
     lines = str(_unwrapped(err)).strip().splitlines()
     text = lines[-1].strip() if lines else type(_unwrapped(err)).__name__
     text = text.split(" Some common causes include")[0]

@@ -20,8 +20,8 @@ RAYRL = REPO / "rayrl"
 # Each unit is a package of rayrl or a top-level module; a unit may import only units of lower layers
 # (and its own modules). Units on one layer know nothing of each other.
 LAYERS: list[set[str]] = [
-    {"rayrl", "tensors", "checkpoint", "config"},  # no rayrl imports
-    {"algorithms", "models", "data", "failures", "runlog", "run_lock"},
+    {"rayrl", "tensors", "checkpoint", "config", "data"},  # no rayrl imports
+    {"algorithms", "models", "failures", "runlog", "run_lock", "trackers"},
     {"engines", "console", "plot", "recovery", "export", "managers"},
     {"workers"},
     {"participants", "step"},

@@ -36,7 +36,7 @@ MANIFEST_FILE = "manifest.json"
 
 # inside ACTOR_DIR: torch.distributed.checkpoint's files, and the per-rank state DCP does not hold
 DCP_METADATA_FILE = ".metadata"
-DCP_SHARD_GLOB = "__{rank}_*.distcp"  # the files rank ``rank`` writes (single_file_per_rank)
+DCP_SHARD_SUFFIX = ".distcp"  # DCP's data files: __<rank>_<i>.distcp, the ones rank <rank> wrote
 EXTRA_STATE_FILE = "extra_state_rank_{rank}.pt"
 MODEL_KEY = "model"  # the DCP state keys
 OPTIMIZER_KEY = "optimizer"

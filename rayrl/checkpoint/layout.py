@@ -21,6 +21,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid
 from rayrl.checkpoint.format import ARCHIVE_PREFIX, MANIFEST_FILE, STEP_PREFIX, TEMP_PREFIX, TRACKER_FILE, step_dir_name
@@ -147,18 +148,21 @@ class CheckpointDir:
 
     # -- start-up ------------------------------------------------------------------------------------
 
-    def find_resume_point(self, check_checksums: bool = True) -> tuple[int, Path] | None:
+    def find_resume_point(self, check_checksums: bool = True,
+                          checked_on_load: Callable[[str], bool] | None = None) -> tuple[int, Path] | None:
         """The newest step whose manifest verifies; invalid newer ones are moved aside.
 
         Older steps are not verified (cheap). The tracker is only a hint: it is rewritten to the step
-        chosen when it disagrees.
+        chosen when it disagrees. Files ``checked_on_load`` names get their size checked, not their
+        checksum: their loader checks that as it reads them.
         """
         tracker = self.read_tracker()
         steps = self.list_step_dirs()
         chosen: tuple[int, Path] | None = None
         for step, path in reversed(steps):
             try:
-                verify_checkpoint(path, check_checksums=check_checksums, expected_step=step)
+                verify_checkpoint(path, check_checksums=check_checksums, expected_step=step,
+                                  checked_on_load=checked_on_load)
             except CheckpointInvalid as e:
                 aside = self.move_aside(path, step, "corrupt")
                 log.warning("Checkpoint %s is invalid (%s); moved aside to %s", path, e.reason, aside.name)

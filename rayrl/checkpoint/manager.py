@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-from rayrl.checkpoint.errors import CheckpointError, WorkerLost
+from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid, WorkerLost
 from rayrl.checkpoint.format import M_STEP, M_TOTAL_BYTES, MANIFEST_FILE, TRACKER_FILE, TRAINER_STATE_FILE
-from rayrl.checkpoint.layout import CheckpointDir
-from rayrl.checkpoint.manifest import build_manifest, verify_checkpoint, write_manifest
+from rayrl.checkpoint.layout import CheckpointDir, parse_step
+from rayrl.checkpoint.manifest import build_manifest, is_dcp_data, verify_checkpoint, write_manifest
 from rayrl.checkpoint.retention import select_steps_to_delete
 from rayrl.checkpoint.safe_io import atomic_write_json
 
@@ -121,7 +121,8 @@ class DefaultCheckpointManager:
                 log.info("resume_mode=disable: archived earlier checkpoints into %s", archive)
             return None
         if resume_dir is not None:
-            step = verify_checkpoint(resume_dir, check_checksums=self.config.verify_checksums)[M_STEP]
+            step = verify_checkpoint(resume_dir, check_checksums=self.config.verify_checksums,
+                                     checked_on_load=is_dcp_data)[M_STEP]
             self._supersede_after(step, resume_dir)
             return resume_dir
         return None
@@ -144,7 +145,7 @@ class DefaultCheckpointManager:
                 (self.dir.root / TRACKER_FILE).unlink(missing_ok=True)
 
     def latest(self) -> str | None:
-        found = self.dir.find_resume_point(check_checksums=self.config.verify_checksums)
+        found = self.dir.find_resume_point(check_checksums=self.config.verify_checksums, checked_on_load=is_dcp_data)
         return str(found[1]) if found else None
 
     def list_steps(self) -> list[int]:
@@ -247,9 +248,26 @@ class DefaultCheckpointManager:
 
         with open(os.path.join(step_dir, TRAINER_STATE_FILE)) as f:
             state = json.load(f)
-        for p in participants:
-            p.load(os.path.join(step_dir, p.name))
+        try:
+            for p in participants:
+                p.load(os.path.join(step_dir, p.name))
+        except Exception as err:
+            invalid = _invalid_cause(err)
+            if invalid is None:
+                raise
+            self._set_aside(step_dir, invalid)
+            raise invalid from err
         return state
+
+    def _set_aside(self, step_dir: str, err: CheckpointInvalid) -> None:
+        """A step of this run found damaged while loading (its DCP files are checked as they are read)
+        is moved aside like one found damaged at discovery, so that the next ``prepare`` passes over it."""
+        path = Path(step_dir)
+        step = parse_step(path.name)
+        if step is None or not _same_path(path.parent, self.dir.root):
+            return
+        aside = self.dir.move_aside(path, step, "corrupt")
+        log.warning("Checkpoint %s is invalid (%s); moved aside to %s", path, err.reason, aside.name)
 
 
 def _same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
@@ -270,8 +288,18 @@ def _started_from(step_dir: str, resume_dir: str) -> bool:
 
 def _checked(step_dir: str | None, check_checksums: bool) -> str | None:
     if step_dir is not None:
-        verify_checkpoint(step_dir, check_checksums=check_checksums)
+        verify_checkpoint(step_dir, check_checksums=check_checksums, checked_on_load=is_dcp_data)
     return step_dir
+
+
+def _invalid_cause(err: BaseException | None) -> CheckpointInvalid | None:
+    """The CheckpointInvalid behind an error from a worker (wrapped by Ray and by the fleet), if any."""
+    for _ in range(8):
+        if err is None or isinstance(err, CheckpointInvalid):
+            return err
+        cause = getattr(err, "cause", None)
+        err = cause if isinstance(cause, BaseException) else err.__cause__
+    return None
 
 
 def _prefixed(name: str, digests: Digests) -> Digests:

@@ -22,6 +22,7 @@ class Rollouts:
     response_mask: torch.Tensor  # [N, R] 1 up to and including the first eos
     response_texts: list[str]
     pad_id: int
+    scores: list[dict[str, float]] | None = None  # per sample, when scored where generated (rayrl.data.scoring)
 
     @staticmethod
     def concat(parts: list["Rollouts"]) -> "Rollouts":
@@ -44,6 +45,7 @@ class Rollouts:
             response_mask=torch.cat([pad(p.response_mask, r_len, 0, False) for p in parts]),
             response_texts=[t for p in parts for t in p.response_texts],
             pad_id=pad_id,
+            scores=None if any(p.scores is None for p in parts) else [s for p in parts for s in p.scores],
         )
 
 

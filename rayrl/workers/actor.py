@@ -190,7 +190,7 @@ class ActorWorker(WorkerBase):
             key = ("runner.resume_dir" if explicit and os.path.realpath(explicit) == os.path.realpath(step_dir)
                    else "actor.model")
             raise ConfigError(f"{key}: checkpoint {step_dir} does not fit actor.model: {mismatch}")
-        self.ckpt.load(directory, state)
+        self.ckpt.load(directory, state, verify=self.cfg.runner.checkpoint.verify_checksums)
         set_state_dict(self.model, self.optimizer,
                        model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIMIZER_KEY])
         extra_path = os.path.join(directory, extra_state_file(self.rank))

@@ -10,6 +10,8 @@ import torch
 from rayrl.checkpoint.format import rollout_state_file
 from rayrl.checkpoint.manifest import file_digest
 from rayrl.checkpoint.safe_io import load_torch, save_torch
+from rayrl.data.prompts import render_prompt
+from rayrl.data.scoring import Scorer
 from rayrl.engines import GenerationEngine, Rollouts
 from rayrl.workers.base import WorkerBase
 
@@ -18,9 +20,22 @@ class RolloutWorker(WorkerBase):
     def __init__(self, cfg: Any, index: int) -> None:
         super().__init__(cfg, role="rollout", index=index)
         self.engine = make_engine(cfg, index)
+        self.scorer = None  # data.reward_workers null: this worker scores what it generates
+        if cfg.data.reward_workers is None:
+            from rayrl.data.tasks import run_reward_specs
 
-    def generate(self, prompts: list[str], n: int, step: int) -> Rollouts:
-        return self.engine.generate(prompts, n, step)
+            self.scorer = Scorer(run_reward_specs(cfg.data), cfg.data.reward_timeout_s, cfg.runner.seed)
+
+    def generate(self, items: list[dict], n: int, step: int, first: int) -> Rollouts:
+        """``n`` responses to each prompt item (its prompt rendered with the tokenizer's chat template when it
+        is chat messages), scored here when this worker scores; ``first``: the index of its first sample in
+        the step."""
+        prompts = [render_prompt(item["prompt"], self.engine.tokenizer) for item in items]
+        rollouts = self.engine.generate(prompts, n, step)
+        if self.scorer is not None:
+            ids = [row[mask.bool()].tolist() for row, mask in zip(rollouts.response_ids, rollouts.response_mask)]
+            rollouts.scores = self.scorer.score(items, rollouts.response_texts, ids, n, step, first)
+        return rollouts
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.engine.load_weights(state_dict)

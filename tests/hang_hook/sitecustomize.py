@@ -20,7 +20,7 @@ TARGET = "rayrl.workers.rollout"
 
 def _hang_in(steps, generate):
     @functools.wraps(generate)
-    def hanging_generate(self, prompts, n, step):
+    def hanging_generate(self, items, n, step, *args):
         if str(step) in steps:
             try:
                 (Path(self.cfg.runner.log_path) / f".test-hang-{step}").open("x").close()
@@ -29,7 +29,7 @@ def _hang_in(steps, generate):
             else:
                 while True:
                     time.sleep(3600)
-        return generate(self, prompts, n, step)
+        return generate(self, items, n, step, *args)
 
     return hanging_generate
 
