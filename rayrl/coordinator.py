@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 import rayrl
-from rayrl.checkpoint.errors import CheckpointError
+from rayrl.checkpoint.errors import CheckpointError, NoValidCheckpoint
 from rayrl.checkpoint.manager import load_manager_class
 from rayrl.checkpoint.manifest import read_manifest
-from rayrl.config import config_to_dict
+from rayrl.config import ConfigError, config_to_dict
 from rayrl.data.tasks import get_task
 from rayrl.failures import InfraFailure, check_finite
 from rayrl.recovery import Recovery, RunFailed
@@ -105,11 +105,13 @@ class Coordinator:
             self.lock.release()  # now, not when the process ends: the same command may start again at once
 
     def _run(self) -> dict[str, Any]:
-        runner = self.cfg.runner
         self._report_own_loss()
-        start_dir = self.manager.prepare(runner.resume_dir, runner.resume_mode, self.restarted)
+        restarted = self.restarted
         while True:
             try:
+                start_dir = self._start_point(restarted)
+                if start_dir is None:  # nothing to load into workers kept by a recovery: they restart fresh too
+                    self._teardown()
                 return self._train(start_dir)
             except InfraFailure as failure:
                 where = self.fleet.location(failure.what) if self.fleet is not None else {}
@@ -122,17 +124,34 @@ class Coordinator:
                     self._teardown()
                     raise
                 time.sleep(delay)
-                start_dir = self.manager.prepare(runner.resume_dir, runner.resume_mode, restarted=True)
-                if start_dir is None:  # nothing to load into the kept workers: they restart fresh too
-                    self._teardown()
+                restarted = True
             except Exception as err:
                 self._teardown()
-                self.events.emit("program_error", f"stopped by a program error (not retried): {err}",
+                event = "config_error" if isinstance(err, ConfigError) else "program_error"
+                self.events.emit(event, f"stopped by a {event.replace('_', ' ')} (not retried): {err}",
                                  error=type(err).__name__)
                 raise
             except BaseException:
                 self._teardown()
                 raise
+
+    def _start_point(self, restarted: bool) -> str | None:
+        """The step directory to start from (None: fresh). Steps that exist but none of which verifies stop
+        the run (exit 2), touching nothing; an OSError reading them is the storage's failure, recovered
+        from under the restart budget like a lost worker."""
+        runner = self.cfg.runner
+        try:
+            return self.manager.prepare(runner.resume_dir, runner.resume_mode, restarted)
+        except NoValidCheckpoint as err:
+            self.events.emit("no_valid_checkpoint", f"no checkpoint under {err.path} verifies: {err.reason}",
+                             path=err.path, steps={str(step): why for step, why in err.steps.items()})
+            raise ConfigError(
+                f"runner.resume_mode: no checkpoint under {err.path} verifies ({err.reason}); nothing was "
+                "moved or deleted. Repair or remove them, start from another with runner.resume_dir=..., or "
+                "start over with runner.resume_mode=disable (which archives them)") from None
+        except OSError as err:
+            raise InfraFailure("checkpoint storage", f"{type(err).__name__} reading the checkpoints: {err} "
+                               "(an I/O error, not a damaged checkpoint: nothing moved aside)") from err
 
     def _release_failed(self, failure: InfraFailure) -> list[str] | None:
         """Replace the groups ``failure`` took down and keep the others (they are reloaded from the

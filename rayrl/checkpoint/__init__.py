@@ -5,7 +5,7 @@ Knows nothing of GRPO, Ray or models; the checkpoint manager calls these from wo
 
 from __future__ import annotations
 
-from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid
+from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid, NoValidCheckpoint
 from rayrl.checkpoint.layout import (
     ARCHIVE_PREFIX,
     STEP_PREFIX,
@@ -42,6 +42,7 @@ __all__ = [
     "CheckpointDir",
     "CheckpointError",
     "CheckpointInvalid",
+    "NoValidCheckpoint",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
