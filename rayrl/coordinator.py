@@ -27,7 +27,7 @@ import rayrl
 from rayrl.checkpoint.errors import CheckpointError, NoValidCheckpoint
 from rayrl.checkpoint.manager import load_manager_class
 from rayrl.checkpoint.manifest import read_manifest
-from rayrl.config import ConfigError, config_to_dict
+from rayrl.config import ConfigError, config_changes, config_to_dict
 from rayrl.data.tasks import get_task
 from rayrl.failures import InfraFailure, check_finite
 from rayrl.recovery import Recovery, RunFailed
@@ -242,6 +242,7 @@ class Coordinator:
             sync_weights(fleet)
             self.events.emit("resumed", f"Resumed from {start_dir}: next step {step + 1}",
                              step=step, path=start_dir, start_s=start_s, load_s=load_s)
+            self._report_config_changes(state, step, start_dir)
         else:
             self.events.emit("fresh_start", "No checkpoint to resume from: starting fresh at step 1",
                              start_s=start_s)
@@ -271,6 +272,15 @@ class Coordinator:
         self.manager.wait()
         self._teardown()
         return {"status": "done", "final_step": step}
+
+    def _report_config_changes(self, state: dict[str, Any], step: int, start_dir: str) -> None:
+        """One warning listing every key the current config sets differently from the checkpoint's: the
+        current config is the one in force (the LR schedule included), so a change is worth seeing."""
+        changed = config_changes(state.get("config") or {}, config_to_dict(self.cfg))
+        if changed:
+            listed = "; ".join(f"{key}: {old} -> {new}" for key, (old, new) in changed.items())
+            self.events.emit("config_changed", f"WARNING: the config differs from the checkpoint's (step {step}); "
+                             f"the current one is in force: {listed}", step=step, path=start_dir, changed=changed)
 
     def _on_notice(self, step: int, notices: list[str]) -> None:
         """After the notice's checkpoint is on disk: a worker's notice hands over to recovery; the

@@ -115,7 +115,8 @@ class ActorWorker(WorkerBase):
     def save_checkpoint(self, directory: str, async_save: bool) -> dict[str, dict] | None:
         """Write this rank's shards and extra state; returns their digests, or None while writing async."""
         os.makedirs(directory, exist_ok=True)
-        extra = {"rng": capture_rng_state(), "lr_scheduler": self.scheduler.state_dict(),
+        # The schedule itself is not saved (the config that resumes defines it): only its step count.
+        extra = {"rng": capture_rng_state(), "lr_scheduler": {"last_epoch": self.scheduler.last_epoch},
                  "world_size": self.world_size}
         extra_name = EXTRA_STATE_FILE.format(rank=self.rank)
         save_torch(extra, os.path.join(directory, extra_name))
@@ -146,6 +147,7 @@ class ActorWorker(WorkerBase):
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         from rayrl.checkpoint.compat import model_mismatch
+        from rayrl.workers.policy import apply_optimizer_config, build_scheduler
 
         self.ckpt.wait_staged()  # a save in flight must have copied the tensors out before they are loaded into
         state = self._dcp_state()
@@ -165,7 +167,9 @@ class ActorWorker(WorkerBase):
         if not os.path.exists(extra_path):  # more ranks than were saved: ranks share LR state; RNG of rank 0
             extra_path = os.path.join(directory, EXTRA_STATE_FILE.format(rank=0))
         extra = load_torch(extra_path)
-        self.scheduler.load_state_dict(extra["lr_scheduler"])
+        apply_optimizer_config(self.optimizer, self.cfg.actor.optim)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg.actor.optim, self.cfg.runner.max_steps,
+                                         steps_done=int(extra["lr_scheduler"]["last_epoch"]))
         restore_rng_state(extra["rng"])
 
     def shutdown(self) -> None:
