@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
+from rayrl.checkpoint.manager import TRAINER_STATE_FILE
 from rayrl.checkpoint.manifest import file_digest
 from rayrl.checkpoint.safe_io import load_torch, save_torch
 from rayrl.workers.fleet import Fleet
@@ -16,6 +18,13 @@ def _merged(parts: list[Digests | None]) -> Digests | None:
     if any(p is None for p in parts):
         return None
     return {k: v for p in parts for k, v in p.items()}
+
+
+def _saved_run(directory: str) -> dict[str, Any]:
+    """The trainer state of the step that ``directory`` (a part of it) belongs to: the world sizes it was
+    saved with (what every worker must find) and its step (what the RNG of a worker beyond them derives from)."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(directory)), TRAINER_STATE_FILE)) as f:
+        return json.load(f)
 
 
 class ActorPart:
@@ -34,7 +43,9 @@ class ActorPart:
         return _merged(self.fleet.wait_all(self.fleet.actor.call("checkpoint_status", block), "actor"))
 
     def load(self, directory: str) -> None:
-        self.fleet.wait_all(self.fleet.actor.call("load_checkpoint", directory), "actor")
+        saved = _saved_run(directory)
+        self.fleet.wait_all(self.fleet.actor.call("load_checkpoint", directory, saved["world_sizes"]["actor"],
+                                                  saved["global_step"]), "actor")
 
 
 class RolloutPart:
@@ -52,7 +63,10 @@ class RolloutPart:
         raise AssertionError("rollout state is always written synchronously")
 
     def load(self, directory: str) -> None:
-        self.fleet.wait_all(self.fleet.rollout.call("load_checkpoint", directory), "rollout")
+        saved = _saved_run(directory)
+        self.fleet.wait_all(self.fleet.rollout.call("load_checkpoint", directory,
+                                                    saved["world_sizes"]["rollout"], saved["global_step"]),
+                            "rollout")
 
 
 class DataPart:

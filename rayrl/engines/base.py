@@ -62,6 +62,9 @@ class GenerationEngine(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
 
+    def reseed(self, seed: int) -> None:
+        """Start sampling from ``seed``: a worker that a checkpoint holds no state for (more workers now)."""
+
 
 def make_engine(cfg: Any, worker_index: int) -> GenerationEngine:
     """Build the engine named by ``cfg.rollout.backend``."""

@@ -68,3 +68,6 @@ class HFEngine:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.set_state(state["rng"])
 
+    def reseed(self, seed: int) -> None:
+        self.rng.manual_seed(seed)
+

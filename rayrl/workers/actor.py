@@ -17,7 +17,8 @@ import torch.distributed as dist
 
 from rayrl.algorithms.grpo import policy_loss
 from rayrl.checkpoint.manifest import file_digest
-from rayrl.checkpoint.rng import capture_rng_state, restore_rng_state
+from rayrl.checkpoint.errors import CheckpointInvalid
+from rayrl.checkpoint.rng import capture_rng_state, derived_seed, restore_rng_state, seed_rng_state
 from rayrl.checkpoint.safe_io import load_torch, save_torch
 from rayrl.config import ConfigError
 from rayrl.models.forward import response_logprobs
@@ -142,13 +143,22 @@ class ActorWorker(WorkerBase):
         self.ckpt.abandon()
         self._save_digests = None
 
-    def load_checkpoint(self, directory: str) -> None:
-        """Load shards (resharding to this world size) and this rank's extra state."""
+    def load_checkpoint(self, directory: str, saved_world_size: int, step: int) -> None:
+        """Load shards (resharding to this world size) and this rank's extra state. Every rank the checkpoint
+        was saved with must find its own extra state (else CheckpointInvalid, raised by every rank alike before
+        any collective); ranks beyond ``saved_world_size`` seed their RNG with ``derived_seed(seed, "actor",
+        rank, step)`` and take the LR step count that every rank shares from rank 0's."""
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         from rayrl.checkpoint.compat import model_mismatch
         from rayrl.workers.policy import apply_optimizer_config, build_scheduler
 
+        missing = [name for name in (EXTRA_STATE_FILE.format(rank=r) for r in range(saved_world_size))
+                   if not os.path.exists(os.path.join(directory, name))]
+        if missing:
+            first = int(missing[0].rsplit("_", 1)[1].split(".")[0])
+            raise CheckpointInvalid(directory, f"missing {', '.join(missing)}: actor rank {first} of the "
+                                    f"{saved_world_size} saved has no extra state (RNG, LR step) to load")
         self.ckpt.wait_staged()  # a save in flight must have copied the tensors out before they are loaded into
         state = self._dcp_state()
         # Read the metadata safely and check the shapes before DCP's own (unrestricted) unpickling and its
@@ -163,14 +173,15 @@ class ActorWorker(WorkerBase):
         self.ckpt.load(directory, state)
         set_state_dict(self.model, self.optimizer,
                        model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIMIZER_KEY])
-        extra_path = os.path.join(directory, EXTRA_STATE_FILE.format(rank=self.rank))
-        if not os.path.exists(extra_path):  # more ranks than were saved: ranks share LR state; RNG of rank 0
-            extra_path = os.path.join(directory, EXTRA_STATE_FILE.format(rank=0))
-        extra = load_torch(extra_path)
+        own = self.rank < saved_world_size
+        extra = load_torch(os.path.join(directory, EXTRA_STATE_FILE.format(rank=self.rank if own else 0)))
         apply_optimizer_config(self.optimizer, self.cfg.actor.optim)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.actor.optim, self.cfg.runner.max_steps,
                                          steps_done=int(extra["lr_scheduler"]["last_epoch"]))
-        restore_rng_state(extra["rng"])
+        if own:
+            restore_rng_state(extra["rng"])
+        else:
+            seed_rng_state(derived_seed(self.cfg.runner.seed, "actor", self.rank, step))
 
     def shutdown(self) -> None:
         self.ckpt.close()
