@@ -92,6 +92,7 @@ class CheckpointConfig:
     manager_class: Optional[str] = None  # dotted path "pkg.module.Class" of a custom CheckpointManager
     verify_checksums: bool = True  # verify manifest checksums when choosing a checkpoint to resume
     export_hf_every: int = _field(0, _ge(0))  # also export a HF model dir every N steps; 0 = never
+    timeout_s: float = _field(1800.0, _gt(0))  # bound on a checkpoint load, save or wait (not the step's)
 
 
 @dataclass

@@ -186,7 +186,8 @@ class Coordinator:
                 log.warning("the save in flight failed (%s); resuming from the checkpoint before it", err)
             # A save the manager dropped earlier (another part failed as it began) may still be writing on the
             # kept ranks: they finish it and forget it, its error included, before they are reloaded.
-            self.fleet.wait_all(self.fleet.actor.call("abandon_save"), "actor")
+            self.fleet.wait_checkpoint(self.fleet.actor.call("abandon_save"), "actor",
+                                       "finishing a dropped checkpoint save")
         self.manager.abort()
 
     def _report_own_loss(self) -> None:

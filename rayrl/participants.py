@@ -36,16 +36,18 @@ class ActorPart:
         self.fleet = fleet
 
     def save(self, directory: str, async_save: bool) -> Digests | None:
-        return _merged(self.fleet.wait_all(self.fleet.actor.call("save_checkpoint", directory, async_save),
-                                           "actor"))
+        return _merged(self.fleet.wait_checkpoint(self.fleet.actor.call("save_checkpoint", directory, async_save),
+                                                  "actor", f"checkpoint save into {directory}"))
 
     def poll_save(self, block: bool) -> Digests | None:
-        return _merged(self.fleet.wait_all(self.fleet.actor.call("checkpoint_status", block), "actor"))
+        return _merged(self.fleet.wait_checkpoint(self.fleet.actor.call("checkpoint_status", block), "actor",
+                                                  "waiting for the checkpoint save in flight"))
 
     def load(self, directory: str) -> None:
         saved = _saved_run(directory)
-        self.fleet.wait_all(self.fleet.actor.call("load_checkpoint", directory, saved["world_sizes"]["actor"],
-                                                  saved["global_step"]), "actor")
+        self.fleet.wait_checkpoint(self.fleet.actor.call("load_checkpoint", directory,
+                                                         saved["world_sizes"]["actor"], saved["global_step"]),
+                                   "actor", f"checkpoint load from {directory}")
 
 
 class RolloutPart:
@@ -57,16 +59,17 @@ class RolloutPart:
         self.fleet = fleet
 
     def save(self, directory: str, async_save: bool) -> Digests | None:
-        return _merged(self.fleet.wait_all(self.fleet.rollout.call("save_checkpoint", directory), "rollout"))
+        return _merged(self.fleet.wait_checkpoint(self.fleet.rollout.call("save_checkpoint", directory), "rollout",
+                                                  f"checkpoint save into {directory}"))
 
     def poll_save(self, block: bool) -> Digests | None:
         raise AssertionError("rollout state is always written synchronously")
 
     def load(self, directory: str) -> None:
         saved = _saved_run(directory)
-        self.fleet.wait_all(self.fleet.rollout.call("load_checkpoint", directory,
-                                                    saved["world_sizes"]["rollout"], saved["global_step"]),
-                            "rollout")
+        self.fleet.wait_checkpoint(self.fleet.rollout.call("load_checkpoint", directory,
+                                                           saved["world_sizes"]["rollout"], saved["global_step"]),
+                                   "rollout", f"checkpoint load from {directory}")
 
 
 class DataPart:

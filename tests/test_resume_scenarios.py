@@ -137,6 +137,19 @@ def test_an_io_error_reading_a_step_is_an_infrastructure_failure_never_corruptio
     assert "recovery budget spent" in proc.stderr
 
 
+def test_checkpoint_io_has_its_own_timeout_and_the_failure_names_it(reference, tmp_path):
+    """runner.checkpoint.timeout_s bounds a load (not runner.step_timeout_s): past it the load is an
+    infrastructure failure that names the key, the bound and what timed out (budget 0: the run fails)."""
+    copy_run(reference, tmp_path)
+    proc = run_rayrl_split(tmp_path, *STEPS, "runner.max_steps=8", "runner.checkpoint.timeout_s=0.001",
+                           "runner.max_restarts=0")
+    assert proc.returncode == 1, _tail(proc)
+    (failure,) = events_named(tmp_path, "failure")
+    step_dir = checkpoints_dir(tmp_path) / "global_step_6"
+    assert (f"no progress within runner.checkpoint.timeout_s=0.001 s (checkpoint load from {step_dir}/actor)"
+            in failure["cause"]), failure
+
+
 def test_resuming_after_the_last_step_exits_0_with_nothing_to_do(reference, tmp_path):
     copy_run(reference, tmp_path)
     ckpts = checkpoints_dir(tmp_path)

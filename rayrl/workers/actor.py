@@ -50,7 +50,9 @@ class ActorWorker(WorkerBase):
             backend="cpu:gloo,cuda:nccl" if use_cuda else "gloo",
             init_method=f"tcp://{master_addr}:{master_port}",
             rank=self.rank, world_size=self.world_size,
-            timeout=datetime.timedelta(seconds=max(60.0, cfg.runner.step_timeout_s)),
+            # the collectives of a checkpoint load or save may take as long as its own bound allows
+            timeout=datetime.timedelta(seconds=max(60.0, cfg.runner.step_timeout_s,
+                                                   cfg.runner.checkpoint.timeout_s)),
         )
         self.model, self.tokenizer = build_sharded_policy(cfg.actor.model, cfg.runner.seed,
                                                           self.world_size, self.device)

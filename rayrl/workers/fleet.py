@@ -55,18 +55,19 @@ class Fleet:
         for g in new:
             g.spawn(lambda i, g=g: (cfg, i, g.size) if g.name == "actor" else (cfg, i))
         bound = max(runner.step_timeout_s, runner.resource_wait_s)
+        key = "runner.step_timeout_s" if bound == runner.step_timeout_s else "runner.resource_wait_s"
         new_names = {g.name for g in new}
         labelled = [(label, w) for label, w in self.labelled() if _group_of(label) in new_names]
         pings = {label: w.ping.remote() for label, w in labelled}
         ranks = [f"actor[{i}]" for i in range(self.actor.size)] if self.actor in new else []
         calls: list[ray.ObjectRef] = []
         if ranks:
-            self._locate(ranks, self._gather([pings[r] for r in ranks], ranks, bound))
+            self._locate(ranks, self._gather([pings[r] for r in ranks], ranks, bound, key, "start-up"))
             single_node = len({self.where[r]["node"] for r in ranks}) == 1
             addr, port = self.wait(self.actor.workers[0].rendezvous_address.remote(single_node), "actor[0]")
             calls = self.actor.call("setup", addr, port)  # builds the sharded policy while the others start
         others = [label for label, _ in labelled if label not in ranks]
-        results = self._gather(calls + [pings[lb] for lb in others], ranks + others, bound)
+        results = self._gather(calls + [pings[lb] for lb in others], ranks + others, bound, key, "start-up")
         self._locate(others, results[len(calls):])
 
     def failed_groups(self, failure: InfraFailure) -> set[str]:
@@ -118,16 +119,25 @@ class Fleet:
                     dead.append(label)
         return dead
 
-    def wait_all(self, refs: list[ray.ObjectRef], group: str, timeout_s: float | None = None) -> list[Any]:
-        """Results of one call per worker of ``group`` (ref i is worker i's)."""
-        return self._gather(refs, [f"{group}[{i}]" for i in range(len(refs))], timeout_s)
+    def wait_all(self, refs: list[ray.ObjectRef], group: str) -> list[Any]:
+        """Results of one call per worker of ``group`` (ref i is worker i's), within runner.step_timeout_s."""
+        return self._gather(refs, [f"{group}[{i}]" for i in range(len(refs))])
+
+    def wait_checkpoint(self, refs: list[ray.ObjectRef], group: str, doing: str) -> list[Any]:
+        """``wait_all`` for checkpoint I/O (``doing``: what, for the error), bounded by its own
+        runner.checkpoint.timeout_s: loading or writing a large state may take far longer than a step."""
+        timeout_s = self.cfg.runner.checkpoint.timeout_s
+        return self._gather(refs, [f"{group}[{i}]" for i in range(len(refs))], timeout_s,
+                            "runner.checkpoint.timeout_s", doing)
 
     def wait(self, ref: ray.ObjectRef, label: str) -> Any:
         """The result of one worker's call; ``label`` names the worker, e.g. ``reference[0]``."""
         return self._gather([ref], [label])[0]
 
-    def _gather(self, refs: list[ray.ObjectRef], labels: list[str], timeout_s: float | None = None) -> list[Any]:
-        return gather(refs, labels, timeout_s or self.cfg.runner.step_timeout_s, self.find_dead)
+    def _gather(self, refs: list[ray.ObjectRef], labels: list[str], timeout_s: float | None = None,
+                timeout_key: str = "runner.step_timeout_s", doing: str = "hang") -> list[Any]:
+        return gather(refs, labels, timeout_s or self.cfg.runner.step_timeout_s, self.find_dead,
+                      timeout_key=timeout_key, doing=doing)
 
     def preemption_notices(self) -> list[str]:
         """Workers that received SIGTERM since they started."""
