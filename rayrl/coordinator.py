@@ -105,26 +105,26 @@ class Coordinator:
             self.lock.release()  # now, not when the process ends: the same command may start again at once
 
     def _run(self) -> dict[str, Any]:
+        """Start, and after each infrastructure failure recover and start again. Recovery runs inside the
+        same error handling as training: whatever it raises tears the fleet down and is reported alike
+        (a program error stops the run, another lost worker is a failure of the same incident)."""
         self._report_own_loss()
         restarted = self.restarted
+        failure: InfraFailure | None = None
         while True:
             try:
+                if failure is not None:
+                    self._recover(failure)
+                    failure, restarted = None, True
                 start_dir = self._start_point(restarted)
                 if start_dir is None:  # nothing to load into workers kept by a recovery: they restart fresh too
                     self._teardown()
                 return self._train(start_dir)
-            except InfraFailure as failure:
-                where = self.fleet.location(failure.what) if self.fleet is not None else {}
-                replaced = self._release_failed(failure)
-                try:
-                    delay = self.recovery.failed(failure.what, failure.cause, failure.node or where.get("node"),
-                                                 where.get("pid"), preemption=failure.preemption,
-                                                 replaced=replaced)
-                except RunFailed:
-                    self._teardown()
-                    raise
-                time.sleep(delay)
-                restarted = True
+            except InfraFailure as err:
+                failure = err
+            except RunFailed:
+                self._teardown()
+                raise
             except Exception as err:
                 self._teardown()
                 event = "config_error" if isinstance(err, ConfigError) else "program_error"
@@ -134,6 +134,21 @@ class Coordinator:
             except BaseException:
                 self._teardown()
                 raise
+
+    def _recover(self, failure: InfraFailure) -> None:
+        """The one place that decides what an infrastructure failure costs: which groups to replace (the
+        others are kept and reloaded), the restart budget (a failure found while recovering from another
+        is the same incident: see Recovery.failed) and the backoff. The checkpoint to resume from is chosen
+        next, by ``_start_point``, as at any start."""
+        try:
+            where = self.fleet.location(failure.what) if self.fleet is not None else {}
+        except Exception as err:  # noqa: BLE001 -- only for the report: a lost node may not answer
+            log.warning("could not locate %s: %s", failure.what, err)
+            where = {}
+        replaced = self._release_failed(failure)
+        delay = self.recovery.failed(failure.what, failure.cause, failure.node or where.get("node"),
+                                     where.get("pid"), preemption=failure.preemption, replaced=replaced)
+        time.sleep(delay)
 
     def _start_point(self, restarted: bool) -> str | None:
         """The step directory to start from (None: fresh). Steps that exist but none of which verifies stop
