@@ -14,7 +14,7 @@
 set -euo pipefail
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")"
 source scripts/setup_env.sh
-rayrl_setup_env
+rayrl_setup_env plot  # the plot extra (matplotlib): the README's `python -m rayrl.plot` works after a run
 
 max_relaunches=${RAYRL_MAX_JOB_RESTARTS:-3}
 if [[ ! $max_relaunches =~ ^[0-9]+$ ]]; then

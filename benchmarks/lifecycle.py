@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from benchmarks.common import Settings
 from benchmarks.dist import model_overrides
 from benchmarks.driver import DriverRun, launch, worker_pids
-from rayrl.checkpoint.layout import TRACKER_FILE
+from rayrl.checkpoint.format import CHECKPOINTS_DIR, TRACKER_FILE
 
 SAVE_INTERVAL = 2
 TIMEOUT_S = 600.0
@@ -68,7 +68,7 @@ def run_lifecycle(settings: Settings) -> Lifecycle:
 def checkpoint_after(step: int):
     """A predicate: a checkpoint newer than ``step`` is committed and one more step has finished."""
     def check(run: DriverRun) -> bool:
-        tracker = run.run_dir / "checkpoints" / TRACKER_FILE
+        tracker = run.run_dir / CHECKPOINTS_DIR / TRACKER_FILE
         committed = int(tracker.read_text()) if tracker.exists() else -1
         return committed > step and bool(run.metrics) and run.metrics[-1]["step"] > committed
     return check

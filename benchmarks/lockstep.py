@@ -24,8 +24,9 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state
 
 from benchmarks.common import disk_read, disk_write, drop_caches, touched_buffer
 from benchmarks.dist import actor_config, spawn
+from rayrl.checkpoint.format import MODEL_KEY, OPTIMIZER_KEY
 from rayrl.checkpoint.manager import DefaultCheckpointManager
-from rayrl.workers.actor import MODEL_KEY, OPTIMIZER_KEY, ActorWorker
+from rayrl.workers.actor import ActorWorker
 
 Digests = dict[str, dict]
 COLLECTIVE_TIMEOUT_S = 300  # a lost rank fails the benchmark instead of hanging it for step_timeout_s

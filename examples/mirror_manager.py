@@ -5,8 +5,9 @@
 
 It shows what a manager of one's own usually needs (docs/checkpoint_manager.md has the whole protocol):
 
-- keys of its own: ``config_class`` names a subclass of ``rayrl.config.CheckpointConfig``; the config loader
-  then accepts and type-checks ``runner.checkpoint.mirror_dir`` in YAML files and on the command line;
+- keys of its own: ``config_class`` names a subclass of ``rayrl.config.CheckpointConfig``; with this manager
+  named, ``runner.checkpoint.mirror_dir`` is accepted in YAML files and on the command line and type-checked
+  against that class when the manager is chosen (``rayrl.managers``);
 - acting on complete steps: ``on_committed`` runs once a step is committed (manifest written, renamed into
   place, tracker moved) and retention has run, so it never copies a half-written step;
 - crash safety of its own: the copy goes into a hidden temp dir, is checked against the step's manifest and

@@ -72,7 +72,16 @@ def _one_of(*choices: str) -> _Rule:
     return _Rule(lambda v: v in choices, f"must be one of {', '.join(choices)}")
 
 
+# GPUs per worker: NCCL refuses two ranks of one group on one GPU, so a rank has no GPU or whole GPUs;
+# Ray refuses fractions above 1, so any other worker has a share of one GPU or whole GPUs.
+_RANK_GPUS = _Rule(lambda v: v >= 0 and float(v).is_integer(),
+                   "must be 0 or a whole number (NCCL refuses two ranks on one GPU)")
+_WORKER_GPUS = _Rule(lambda v: v >= 0 and (v <= 1 or float(v).is_integer()),
+                     "must be <= 1 or a whole number (Ray refuses fractions above 1)")
+
 _NONEMPTY = _Rule(lambda v: v.strip() != "", "must not be empty")
+
+LOGGERS = ("console", "tensorboard", "wandb")
 
 # Tasks that read a dataset from `data.path` instead of generating one.
 FILE_TASKS = ("jsonl", "parquet", "hf_dataset")
@@ -90,7 +99,7 @@ class CheckpointConfig:
     metric: Optional[str] = _field(None, _NONEMPTY)  # a key of the step's metrics, e.g. reward_mean
     metric_mode: str = _field("max", _one_of("max", "min"))  # whether a larger or smaller metric is better
     manager_class: Optional[str] = None  # dotted path "pkg.module.Class" of a custom CheckpointManager
-    verify_checksums: bool = True  # verify manifest checksums when choosing a checkpoint to resume
+    verify_checksums: bool = True  # verify manifest checksums on resume (DCP shards as the actor ranks read them)
     export_hf_every: int = _field(0, _ge(0))  # also export a HF model dir every N steps; 0 = never
     timeout_s: float = _field(1800.0, _gt(0))  # bound on a checkpoint load, save or wait (not the step's)
 
@@ -112,6 +121,8 @@ class RunnerConfig:
     step_timeout_s: float = _field(600.0, _gt(0))  # a step without progress this long counts as a hang
     resource_wait_s: float = _field(120.0, _gt(0))  # how long recovery waits for resources to come back
     save_on_preemption: bool = True  # on SIGTERM / node drain, checkpoint at the next step boundary
+    loggers: Optional[list[str]] = None  # console, tensorboard, wandb; null = console + what is installed
+    deterministic: bool = False  # GPU: deterministic kernels (torch, cuBLAS, vLLM batch-invariant); CPU is always exact
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
@@ -149,8 +160,9 @@ class ActorConfig:
 
     world_size: int = _field(2, _ge(1))  # ranks of the policy
     num_cpus_per_worker: float = _field(1.0, _gt(0))  # Ray CPUs per rank
-    num_gpus_per_worker: float = _field(0.0, _ge(0))  # Ray GPUs per rank; > 0 means CUDA + nccl
+    num_gpus_per_worker: float = _field(0.0, _RANK_GPUS)  # Ray GPUs per rank, 0 or whole; > 0: CUDA + nccl
     micro_batch_size: int = _field(0, _ge(0))  # sequences per forward; 0 = the whole local batch at once
+    mixed_precision: bool = False  # FSDP2 computes in bfloat16, float32 master weights and gradient reduction
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -162,7 +174,7 @@ class RolloutConfig:
     backend: str = _field("hf", _one_of("hf", "vllm"))  # hf: transformers generate; vllm: the vllm extra
     num_workers: int = _field(1, _ge(1))  # generation engines
     num_cpus_per_worker: float = _field(1.0, _ge(0))  # Ray CPUs per engine
-    num_gpus_per_worker: float = _field(0.0, _ge(0))  # Ray GPUs per engine
+    num_gpus_per_worker: float = _field(0.0, _WORKER_GPUS)  # Ray GPUs per engine: <= 1 (shared) or whole
     tensor_parallel_size: int = _field(1, _ge(1))  # vllm tensor parallelism inside one engine
     n_samples_per_prompt: int = _field(8, _ge(2))  # the GRPO group size; a group needs at least 2
     max_new_tokens: int = _field(12, _ge(1))  # response length limit
@@ -176,7 +188,15 @@ class ReferenceConfig:
 
     enabled: bool = True  # false: no reference worker and no KL term
     num_cpus_per_worker: float = _field(1.0, _ge(0))  # Ray CPUs for the reference worker
-    num_gpus_per_worker: float = _field(0.0, _ge(0))  # Ray GPUs for the reference worker
+    num_gpus_per_worker: float = _field(0.0, _WORKER_GPUS)  # Ray GPUs for the reference worker: <= 1 or whole
+
+
+@dataclass
+class RewardFnConfig:
+    """One reward function of data.reward_fns."""
+
+    fn: str = _field("???", _NONEMPTY)  # dotted path pkg.module:function
+    weight: float = 1.0  # its weight in the reward the advantages are computed from
 
 
 @dataclass
@@ -190,6 +210,11 @@ class DataConfig:
     prompt_key: str = _field("prompt", _NONEMPTY)  # column holding the prompt in file datasets
     answer_key: str = _field("answer", _NONEMPTY)  # column holding the reference answer in file datasets
     pattern_length: int = _field(2, _ge(1))  # copy_pattern: symbols to repeat
+    reward_fns: Optional[list[RewardFnConfig]] = None  # [{fn: pkg.module:function, weight}]; null = built-in
+    reward_fn: Optional[str] = _field(None, _NONEMPTY)  # short form: one function, weight 1
+    reward_workers: Optional[int] = _field(None, _ge(0))  # null: in the rollout workers; N: a pool of N;
+    #                                                      0: serially in the coordinator (the slow reference)
+    reward_timeout_s: float = _field(60.0, _gt(0))  # one reward call; past it: a program error
 
 
 @dataclass
@@ -238,17 +263,42 @@ def load_config(config_path: str | None, overrides: list[str]) -> RayRLConfig:
     return loaded
 
 
+MANAGER_KEY = "runner.checkpoint.manager_class"
+_CHECKPOINT = "runner.checkpoint."
+
+
 def _use_checkpoint_schema(cfg: DictConfig, assignments: list[tuple[str, Any]]) -> None:
     """A custom checkpoint manager may extend `runner.checkpoint` with keys of its own (its `config_class`,
-    a CheckpointConfig subclass): before any value is assigned, put that schema in place so those keys are
-    known and type-checked. The class is the one the assignments name last (a literal, not an interpolation)."""
-    from rayrl.checkpoint.manager import MANAGER_KEY, load_manager_class, manager_config_class
-
+    a CheckpointConfig subclass). The loader does not import the manager: when the assignments name one
+    (last, as a literal), it keeps the keys of `runner.checkpoint` it does not know as they are, and
+    `with_checkpoint_schema` checks them against the manager's schema when the manager is chosen."""
     named = [value for key, value in assignments if key == MANAGER_KEY]
     if named and named[-1] is not None:
-        schema = manager_config_class(load_manager_class(named[-1]))
-        if schema is not CheckpointConfig:
-            cfg.runner.checkpoint = OmegaConf.structured(schema)
+        OmegaConf.set_struct(cfg.runner.checkpoint, False)
+
+
+def with_checkpoint_schema(cfg: RayRLConfig, schema: type[CheckpointConfig]) -> RayRLConfig:
+    """The config with `runner.checkpoint` as an instance of `schema` (a custom manager's `config_class`):
+    the keys the loader kept without knowing them are type-checked now; ConfigError naming the first bad key."""
+    current = cfg.runner.checkpoint
+    if type(current) is schema and vars(current).keys() == {f.name for f in dataclasses.fields(schema)}:
+        return cfg
+    node = OmegaConf.structured(schema)
+    for name, value in vars(current).items():
+        try:
+            OmegaConf.update(node, name, value, merge=True)
+        except (ConfigKeyError, ConfigAttributeError):
+            close = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(schema)], n=1)
+            hint = f" (did you mean {_CHECKPOINT}{close[0]}?)" if close else ""
+            raise ConfigError(f"{_CHECKPOINT}{name}: unknown key{hint}") from None
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{_CHECKPOINT}{name}: {_first_line(e)} (got {value!r})") from None
+    try:
+        checkpoint = OmegaConf.to_object(node)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{_CHECKPOINT}{e.full_key or 'config'}: {_first_line(e)}") from None
+    _check_fields(checkpoint, _CHECKPOINT)
+    return dataclasses.replace(cfg, runner=dataclasses.replace(cfg.runner, checkpoint=checkpoint))
 
 
 def validate(cfg: RayRLConfig) -> None:
@@ -262,6 +312,9 @@ def validate(cfg: RayRLConfig) -> None:
         raise ConfigError(f"runner.resume_dir: does not exist: {resume_dir}")
     if resume_dir is not None and not os.path.isdir(resume_dir):
         raise ConfigError(f"runner.resume_dir: not a directory: {resume_dir}")
+    for i, logger in enumerate(cfg.runner.loggers or []):
+        if logger not in LOGGERS:
+            raise ConfigError(f"runner.loggers[{i}]: must be one of {', '.join(LOGGERS)} (got {logger!r})")
     if cfg.data.task in FILE_TASKS and cfg.data.path is None:
         raise ConfigError(f"data.path: required when data.task is {cfg.data.task!r}")
     if cfg.rollout.num_workers > cfg.data.batch_size:
@@ -271,6 +324,9 @@ def validate(cfg: RayRLConfig) -> None:
         raise ConfigError(f"actor.world_size: must be <= data.batch_size * rollout.n_samples_per_prompt, "
                           f"or some ranks get no sample (got {cfg.actor.world_size})")
     model = cfg.actor.model
+    if cfg.actor.mixed_precision and model.dtype != "float32":
+        raise ConfigError(f"actor.mixed_precision: needs actor.model.dtype float32 for the master weights "
+                          f"(got {model.dtype})")
     if model.path is None and model.hidden_size % model.num_heads != 0:
         raise ConfigError(
             f"actor.model.hidden_size: must be a multiple of actor.model.num_heads "
@@ -387,6 +443,8 @@ def _assign(cfg: DictConfig, key: str, value: Any) -> None:
 def _translate(e: OmegaConfBaseException, key: str, value: Any) -> ConfigError:
     """OmegaConf's multi-line exception as a one-line ConfigError naming the most precise key."""
     where = e.full_key or key
+    if not where.startswith(key.split(".")[0]):  # inside a list of mappings: OmegaConf names the item's key only
+        return ConfigError(f"{key}: {where}: {_first_line(e)}")
     if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
         parent, _, name = where.rpartition(".")
         schema = _schema_type(parent) if parent else RayRLConfig
@@ -437,7 +495,9 @@ overrides:
   use interpolation, e.g. 'runner.log_path=${runner.output_dir}/x'.
 
 exit status:
-  0 the run finished; 2 bad config or usage; anything else: the run failed after its restart budget.
+  0 done; 2 bad config or usage; 1 the run failed after its restart budget (run_main.sh relaunches it);
+  3 a program error (an exception in rayrl's or your code: not retried); 75 stopped by a preemption
+  notice after saving (relaunched by run_main.sh); 130 interrupted by the user.
 """
 
 

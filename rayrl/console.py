@@ -26,5 +26,19 @@ class Console:
         self.out.flush()
 
     def _step_line(self, m: dict) -> str:
-        return (f"step {m['step']:>4}/{self.max_steps}  reward {m['reward_mean']:.3f}  loss {m['loss']:+.4f}  "
+        named = [(k[len("reward/"):], v) for k, v in m.items() if k.startswith("reward/") and k.count("/") == 1]
+        terms = "".join(f" ({', '.join(f'{k} {v:.3f}' for k, v in sorted(named))})" if len(named) > 1 else "")
+        return (f"step {m['step']:>4}/{self.max_steps}  reward {m['reward_mean']:.3f}{terms}  loss {m['loss']:+.4f}  "
                 f"kl {m['kl']:.4f}  {m['time_s']:.2f}s\n")
+
+
+def where_it_is(run_dir: Path) -> str:
+    """The closing lines of a run: where its records are, and the command that plots them."""
+    lines = [f"metrics:     {run_dir / METRICS_FILE}", f"events:      {run_dir / EVENTS_FILE}",
+             f"checkpoints: {run_dir / 'checkpoints'}"]
+    if (run_dir / "tensorboard").is_dir():
+        lines.append(f"tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}")
+    if (run_dir / "wandb").is_dir():
+        lines.append(f"wandb:       {run_dir / 'wandb'} (offline runs: wandb sync {run_dir / 'wandb'}/offline-run-*)")
+    lines.append(f"plot:        python -m rayrl.plot {run_dir} --out run.png")
+    return "".join(f"rayrl: {line}\n" for line in lines)

@@ -7,7 +7,8 @@ and the driver's ``run`` call is retried: the new process resumes from this run'
 never archiving, never going back to resume_dir.
 
 The driver imports this module to launch the actor, so torch and what needs it (the data loader, the
-workers) are imported where the actor uses them, in its own process: the driver starts ~3 s sooner.
+workers) are imported where the actor uses them, in its own process, so the driver starts sooner (README,
+"Measurements behind design choices").
 """
 
 from __future__ import annotations
@@ -24,15 +25,17 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 import rayrl
-from rayrl.checkpoint.errors import CheckpointError, NoValidCheckpoint
-from rayrl.checkpoint.manager import load_manager_class
+from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid, NoValidCheckpoint
+from rayrl.checkpoint.format import CHECKPOINTS_DIR, M_STEP
 from rayrl.checkpoint.manifest import read_manifest
 from rayrl.config import ConfigError, config_changes, config_to_dict
-from rayrl.data.tasks import get_task
-from rayrl.failures import InfraFailure, check_finite
+from rayrl.data.tasks import get_task, run_reward_specs
+from rayrl.failures import InfraFailure, WorkerId, check_finite
+from rayrl.managers import build_manager, resolve_manager
 from rayrl.recovery import Recovery, RunFailed
 from rayrl.run_lock import RunLock
 from rayrl.runlog import EventLog, EventLogHandler, MetricsLog
+from rayrl.trackers import Trackers, resolve
 from rayrl.workers.group import remove_leftovers
 
 if TYPE_CHECKING:
@@ -64,6 +67,7 @@ class Coordinator:
         import torch
 
         torch.set_num_threads(1)
+        manager_cls, cfg = resolve_manager(cfg)  # runner.checkpoint as the manager's own config class
         self.cfg = cfg
         with warnings.catch_warnings():  # Ray deprecates an internal it uses for this property
             warnings.simplefilter("ignore")
@@ -72,11 +76,12 @@ class Coordinator:
         self.run_dir = Path(cfg.runner.log_path)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lock = RunLock(self.run_dir)
-        manager_cls = load_manager_class(cfg.runner.checkpoint.manager_class)
-        self.manager = manager_cls(cfg.runner.checkpoint, str(self.run_dir / "checkpoints"))
-        self.task = get_task(cfg.data)
-        self.dataset = self.task.build_dataset(cfg.data.num_samples, cfg.runner.seed)
+        self.manager = build_manager(manager_cls, cfg, str(self.run_dir / CHECKPOINTS_DIR))
+        self.dataset = get_task(cfg.data).build_dataset(cfg.data.num_samples, cfg.runner.seed)
+        self.reward_specs = run_reward_specs(cfg.data)
         self.metrics = MetricsLog(self.run_dir)
+        loggers, self.loggers_said = resolve(cfg.runner.loggers)
+        self.trackers = Trackers(self.run_dir, loggers, cfg.runner.experiment_name, config_to_dict(cfg))
         self.events = EventLog(self.run_dir)
         _log_to(self.events)
         self.recovery = Recovery(self.events, cfg.runner.max_restarts, cfg.runner.restart_backoff_s)
@@ -102,15 +107,18 @@ class Coordinator:
         try:
             return self._run()
         finally:
+            self.trackers.close()
             self.lock.release()  # now, not when the process ends: the same command may start again at once
 
     def _run(self) -> dict[str, Any]:
         """Start, and after each infrastructure failure recover and start again. Recovery runs inside the
         same error handling as training: whatever it raises tears the fleet down and is reported alike
         (a program error stops the run, another lost worker is a failure of the same incident)."""
+        self.events.emit("loggers", self.loggers_said, loggers=self.trackers.names)
         self._report_own_loss()
         restarted = self.restarted
         failure: InfraFailure | None = None
+        start_dir: str | None = None
         while True:
             try:
                 if failure is not None:
@@ -125,7 +133,15 @@ class Coordinator:
             except RunFailed:
                 self._teardown()
                 raise
+            except NoValidCheckpoint as err:  # the step failed while loading, and no valid one is before it
+                self._teardown()
+                raise self._no_valid(err) from None
             except Exception as err:
+                if isinstance(err, CheckpointInvalid) and start_dir is not None and not os.path.exists(start_dir):
+                    # a file of the step failed its checksum while the workers read it: the manager moved
+                    # the step aside, so resume from the next valid one into the same workers
+                    restarted = True
+                    continue
                 self._teardown()
                 event = "config_error" if isinstance(err, ConfigError) else "program_error"
                 self.events.emit(event, f"stopped by a {event.replace('_', ' ')} (not retried): {err}",
@@ -141,7 +157,7 @@ class Coordinator:
         is the same incident: see Recovery.failed) and the backoff. The checkpoint to resume from is chosen
         next, by ``_start_point``, as at any start."""
         try:
-            where = self.fleet.location(failure.what) if self.fleet is not None else {}
+            where = self.fleet.location(failure.workers) if self.fleet is not None else {}
         except Exception as err:  # noqa: BLE001 -- only for the report: a lost node may not answer
             log.warning("could not locate %s: %s", failure.what, err)
             where = {}
@@ -158,15 +174,20 @@ class Coordinator:
         try:
             return self.manager.prepare(runner.resume_dir, runner.resume_mode, restarted)
         except NoValidCheckpoint as err:
-            self.events.emit("no_valid_checkpoint", f"no checkpoint under {err.path} verifies: {err.reason}",
-                             path=err.path, steps={str(step): why for step, why in err.steps.items()})
-            raise ConfigError(
-                f"runner.resume_mode: no checkpoint under {err.path} verifies ({err.reason}); nothing was "
-                "moved or deleted. Repair or remove them, start from another with runner.resume_dir=..., or "
-                "start over with runner.resume_mode=disable (which archives them)") from None
+            raise self._no_valid(err) from None
         except OSError as err:
-            raise InfraFailure("checkpoint storage", f"{type(err).__name__} reading the checkpoints: {err} "
+            raise InfraFailure(WorkerId("checkpoint storage"), f"{type(err).__name__} reading the checkpoints: {err} "
                                "(an I/O error, not a damaged checkpoint: nothing moved aside)") from err
+
+    def _no_valid(self, err: NoValidCheckpoint) -> ConfigError:
+        """Checkpoints exist and none verifies: said in events.jsonl, and a config error (exit 2) naming every
+        step and why. Starting over would silently throw the run away; that is resume_mode=disable's job."""
+        self.events.emit("no_valid_checkpoint", f"no checkpoint under {err.path} verifies: {err.reason}",
+                         path=err.path, steps={str(step): why for step, why in err.steps.items()})
+        return ConfigError(
+            f"runner.resume_mode: no checkpoint under {err.path} verifies ({err.reason}); nothing was "
+            "moved or deleted. Repair or remove them, start from another with runner.resume_dir=..., or "
+            "start over with runner.resume_mode=disable (which archives them)")
 
     def _release_failed(self, failure: InfraFailure) -> list[str] | None:
         """Replace the groups ``failure`` took down and keep the others (they are reloaded from the
@@ -229,8 +250,8 @@ class Coordinator:
 
     def _train(self, start_dir: str | None) -> dict[str, Any]:
         from rayrl.data.loader import BatchStream
-        from rayrl.participants import ActorPart, DataPart, RolloutPart
-        from rayrl.step import run_step, sync_weights
+        from rayrl.participants import ActorPart, DataPart, HFExportPart, RolloutPart
+        from rayrl.step import Scoring, run_step, sync_weights
         from rayrl.workers.fleet import Fleet
 
         cfg, runner = self.cfg, self.cfg.runner
@@ -250,6 +271,7 @@ class Coordinator:
         start_s = time.perf_counter() - t0  # resources, worker processes (imports), process group
         stream = BatchStream(self.dataset, cfg.data.batch_size, runner.seed)
         parts = [ActorPart(fleet), RolloutPart(fleet), DataPart(stream)]
+        export, export_every = HFExportPart(fleet), cfg.runner.checkpoint.export_hf_every
         if start_dir is not None:
             t0 = time.perf_counter()
             state = self.manager.load(start_dir, parts)
@@ -264,20 +286,24 @@ class Coordinator:
                              start_s=start_s)
         self.recovery.resumed(step)
         self.metrics.truncate_after(step)
+        self.trackers.open(step if start_dir is not None else None)
+        scoring = Scoring(cfg, self.reward_specs)
         while step < runner.max_steps:
             step += 1
             items, epoch = stream.next()
-            metrics = run_step(fleet, cfg, self.task, items, step)
+            metrics = run_step(fleet, cfg, scoring, items, step)
             check_finite(metrics, step)
             metrics.update(epoch=epoch, consumed_samples=stream.consumed_samples)
-            self.metrics.append(metrics)
+            self.trackers.log(self.metrics.append(metrics))
             self.recovery.step_finished(step)
             self.manager.poll()
             notices = fleet.preemption_notices() if runner.save_on_preemption else []
             stopping = self.stop_reason is not None or bool(notices)
             if step % (runner.save_interval or runner.max_steps + 1) == 0 or step == runner.max_steps or stopping:
                 t0 = time.perf_counter()
-                self.manager.save(step, parts, self._trainer_state(step, metrics, stream))
+                exporting = export_every and step % export_every == 0
+                self.manager.save(step, [*parts, export] if exporting else parts,
+                                  self._trainer_state(step, metrics, stream))
                 blocking = time.perf_counter() - t0
                 self.events.emit("save", f"checkpoint of step {step}: training blocked {blocking:.2f}s",
                                  step=step, blocking_s=blocking)
@@ -298,7 +324,7 @@ class Coordinator:
             self.events.emit("config_changed", f"WARNING: the config differs from the checkpoint's (step {step}); "
                              f"the current one is in force: {listed}", step=step, path=start_dir, changed=changed)
 
-    def _on_notice(self, step: int, notices: list[str]) -> None:
+    def _on_notice(self, step: int, notices: list[WorkerId]) -> None:
         """After the notice's checkpoint is on disk: a worker's notice hands over to recovery; the
         coordinator's own (or the driver's) ends this process so that it comes back resuming."""
         if notices:
@@ -332,6 +358,6 @@ def _step_of(step_dir: str) -> int:
     """The step a checkpoint holds, from its manifest; -1 when it has none (a custom manager's layout):
     then the workers load it and its trainer state says."""
     try:
-        return int(read_manifest(step_dir)["step"])
+        return int(read_manifest(step_dir)[M_STEP])
     except CheckpointError:
         return -1

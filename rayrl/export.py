@@ -27,23 +27,20 @@ import torch
 
 from rayrl.checkpoint.compat import read_dcp_metadata, saved_shapes, shape_mismatch
 from rayrl.checkpoint.errors import CheckpointError
+from rayrl.checkpoint.format import ACTOR_DIR, MODEL_KEY, TRAINER_STATE_FILE
 from rayrl.checkpoint.manifest import verify_checkpoint
 from rayrl.checkpoint.safe_io import fsync_dir, fsync_tree, temp_name
 from rayrl.config import ModelConfig
-from rayrl.workers.actor import MODEL_KEY  # the DCP state key of the weights
 
 log = logging.getLogger(__name__)
-
-HF_DIR = "hf"  # where periodic exports (runner.checkpoint.export_hf_every) go inside a step directory
-ACTOR_DIR = "actor"  # the actor participant's part of a step (rayrl.participants.ActorPart.name)
-TRAINER_STATE_FILE = "trainer_state.json"
 
 
 def export_hf(step_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], verify: bool = True) -> Path:
     """Write the policy of checkpoint ``step_dir`` as a HF model directory ``out_dir``; returns its path.
 
-    ``verify`` checks the step's manifest (sizes and checksums) first; the checkpoint manager turns it off
-    for the periodic export it writes into a step that has no manifest yet. Raises ``CheckpointError``.
+    ``verify`` checks the step's manifest (sizes and checksums) first; off, a directory without a manifest
+    (DCP files and a trainer_state.json written by other means) is exported too. Raises ``CheckpointError``.
+    A run's periodic exports (``export_hf_every``) are written by the actor ranks, not by this.
     """
     step, out = Path(step_dir), Path(out_dir)
     if verify:
@@ -85,8 +82,7 @@ def _model_config(step: Path) -> tuple[ModelConfig, int]:
 
 def _skeleton(model_cfg: ModelConfig, seed: int) -> tuple[Any, Any]:
     """The model on the meta device (config and layout, no weights) and its tokenizer. The tiny model's
-    builder seeds the global CPU generator and restores it on exit (fork_rng); the coordinator, which runs
-    periodic exports in a thread, draws nothing from that generator (its data order has generators of its own)."""
+    builder seeds the global CPU generator and restores it on exit (fork_rng)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from rayrl.models.loading import DTYPES, load_model_and_tokenizer
@@ -130,7 +126,7 @@ def _read_weights(dcp_dir: Path, expected: dict[str, torch.Size]) -> dict[str, t
 
 
 def _save_quietly(model: Any, tokenizer: Any, out: Path, weights: dict[str, torch.Tensor]) -> None:
-    """``save_model_dir`` without transformers' progress bars (this also runs inside the coordinator)."""
+    """``save_model_dir`` without transformers' progress bars."""
     from transformers.utils import logging as hf_logging
 
     from rayrl.models.loading import save_model_dir

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import ray
 from ray.exceptions import (
@@ -19,6 +20,9 @@ from ray.exceptions import (
     WorkerCrashedError,
 )
 
+from rayrl.checkpoint.errors import WorkerLost
+from rayrl.data.scoring import RewardError
+
 # ObjectLostError covers OwnerDiedError; RayActorError covers ActorDiedError and ActorUnavailableError.
 INFRA_ERRORS = (RayActorError, ObjectLostError, NodeDiedError, WorkerCrashedError, LocalRayletDiedError,
                 ActorPlacementGroupRemoved, OutOfMemoryError)
@@ -31,24 +35,41 @@ NODE_ERRORS = (NodeDiedError, LocalRayletDiedError, ActorUnavailableError)
 PEER_GRACE_S = 10.0
 
 
-class InfraFailure(Exception):
+@dataclass(frozen=True)
+class WorkerId:
+    """One worker (``index`` its rank or number in its role) or, with no index, a whole role's group."""
+
+    role: str
+    index: int | None = None
+
+    def __str__(self) -> str:  # how logs and events name it: actor[1], or actor for the group
+        return self.role if self.index is None else f"{self.role}[{self.index}]"
+
+    def sort_key(self) -> tuple[str, int]:
+        return self.role, -1 if self.index is None else self.index
+
+
+class InfraFailure(WorkerLost):
     """A worker, node or object was lost, or a step hung: recover from the latest checkpoint.
 
-    ``what`` names the workers (``rollout[0]``, ``actor[0], actor[1]``) or the group (``actor``) that
-    failed; ``node_lost``: the error says their node, not only their process, is gone or going (a
-    preemption notice, an unreachable raylet), so no worker of that node is kept."""
+    ``workers`` are the workers (or a role's group) that failed; ``node_lost``: the error says their node,
+    not only their process, is gone or going (a preemption notice, an unreachable raylet), so no worker
+    of that node is kept."""
 
-    def __init__(self, what: str, cause: str, node: str | None = None, preemption: bool = False,
-                 node_lost: bool = False) -> None:
-        super().__init__(f"{what}: {cause}")
-        self.what, self.cause, self.node, self.preemption = what, cause, node, preemption
+    def __init__(self, workers: WorkerId | Sequence[WorkerId], cause: str, node: str | None = None,
+                 preemption: bool = False, node_lost: bool = False) -> None:
+        self.workers = (workers,) if isinstance(workers, WorkerId) else tuple(workers)
+        super().__init__(f"{self.what}: {cause}")
+        self.cause, self.node, self.preemption = cause, node, preemption
         self.node_lost = node_lost or preemption
 
-    def labels(self) -> list[str]:
-        return [label.strip() for label in self.what.split(",") if label.strip()]
+    @property
+    def what(self) -> str:
+        """The failed workers as logs and events name them: ``actor[0], actor[1]``."""
+        return ", ".join(str(w) for w in self.workers)
 
     def __reduce__(self):  # the constructor's arguments, not the message: Ray pickles exceptions
-        return type(self), (self.what, self.cause, self.node, self.preemption, self.node_lost)
+        return type(self), (self.workers, self.cause, self.node, self.preemption, self.node_lost)
 
 
 class ProgramError(Exception):
@@ -67,25 +88,28 @@ def _unwrapped(err: BaseException) -> BaseException:
 
 
 def _last_line(err: BaseException, limit: int = 240) -> str:
-    """The informative line of a (possibly remote, multi-line) error message, without Ray's generic advice."""
+    """The informative line of a (possibly remote, multi-line) error message, without Ray's generic advice.
+    A reward function's error is one line written for the user (it shows the sample): kept whole."""
+    if isinstance(_unwrapped(err), RewardError):
+        return str(_unwrapped(err))
     lines = str(_unwrapped(err)).strip().splitlines()
     text = lines[-1].strip() if lines else type(_unwrapped(err)).__name__
     text = text.split(" Some common causes include")[0]
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def classify(label: str, err: BaseException) -> InfraFailure | ProgramError:
-    """What an error from ``ray.get`` on worker ``label``'s call means for the run."""
+def classify(worker: WorkerId, err: BaseException) -> InfraFailure | ProgramError:
+    """What an error from ``ray.get`` on ``worker``'s call means for the run."""
     if isinstance(err, RayActorError) and err.actor_init_failed:  # its __init__ raised: code, not machines
-        return ProgramError(label, err)
+        return ProgramError(str(worker), err)
     if isinstance(err, INFRA_ERRORS):
-        return InfraFailure(label, f"{type(err).__name__}: {_last_line(err)}",
+        return InfraFailure(worker, f"{type(err).__name__}: {_last_line(err)}",
                             preemption=bool(getattr(err, "preempted", False)),
                             node_lost=isinstance(err, NODE_ERRORS))
     if isinstance(err, RayTaskError) and isinstance(err.cause, INFRA_ERRORS):
-        return InfraFailure(label, f"{type(err.cause).__name__} inside the call: {_last_line(err.cause)}",
+        return InfraFailure(worker, f"{type(err.cause).__name__} inside the call: {_last_line(err.cause)}",
                             node_lost=isinstance(err.cause, NODE_ERRORS))
-    return ProgramError(label, err)
+    return ProgramError(str(worker), err)
 
 
 def check_finite(metrics: dict[str, float], step: int) -> None:
@@ -97,10 +121,10 @@ def check_finite(metrics: dict[str, float], step: int) -> None:
             f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} (diverged? lower actor.optim.lr)"))
 
 
-def gather(refs: list[ray.ObjectRef], labels: list[str], timeout_s: float,
-           find_dead: Callable[[], list[str]], grace_s: float = PEER_GRACE_S,
+def gather(refs: list[ray.ObjectRef], workers: Sequence[WorkerId], timeout_s: float,
+           find_dead: Callable[[], list[WorkerId]], grace_s: float = PEER_GRACE_S,
            timeout_key: str = "runner.step_timeout_s", doing: str = "hang") -> list[Any]:
-    """Results of ``refs`` in order.
+    """Results of ``refs`` in order (ref i is a call on ``workers[i]``).
 
     Raises InfraFailure as soon as a call fails for a lost worker, node or object (ActorUnavailableError
     included: the call is lost either way, so there is nothing to gain from waiting for the GCS to declare
@@ -109,7 +133,7 @@ def gather(refs: list[ray.ObjectRef], labels: list[str], timeout_s: float,
     exception in worker code, but only after ``grace_s`` in which no other call failed for infrastructure
     and ``find_dead`` found no dead worker.
     """
-    pending = dict(zip(refs, labels))
+    pending = dict(zip(refs, workers))
     results: dict[ray.ObjectRef, Any] = {}
     deadline = time.monotonic() + timeout_s
     program_error: ProgramError | None = None
@@ -119,11 +143,11 @@ def gather(refs: list[ray.ObjectRef], labels: list[str], timeout_s: float,
             break
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=remaining)
         for ref in ready:
-            label = pending.pop(ref)
+            worker = pending.pop(ref)
             try:
                 results[ref] = ray.get(ref)
             except Exception as err:  # noqa: BLE001 - classified below
-                verdict = classify(label, err)
+                verdict = classify(worker, err)
                 if isinstance(verdict, InfraFailure):
                     if program_error is not None:
                         verdict.cause += f" (seen first by {program_error})"
@@ -137,6 +161,6 @@ def gather(refs: list[ray.ObjectRef], labels: list[str], timeout_s: float,
             raise InfraFailure(dead[0], f"worker lost (seen first by {program_error})") from program_error.cause
         raise program_error from program_error.cause
     if pending:
-        raise InfraFailure(", ".join(sorted(set(pending.values()))),
+        raise InfraFailure(sorted(set(pending.values()), key=WorkerId.sort_key),
                            f"no progress within {timeout_key}={timeout_s:g} s ({doing})")
     return [results[r] for r in refs]

@@ -28,15 +28,19 @@ def _config_error(message: str) -> int:
 def validate(cfg) -> None:
     """Checks that need more than the schema; raise ConfigError naming the key and the problem."""
     from rayrl.checkpoint.errors import CheckpointError
-    from rayrl.config import ConfigError
-    from rayrl.checkpoint.manager import load_manager_class
     from rayrl.checkpoint.manifest import verify_checkpoint
+    from rayrl.config import ConfigError
+    from rayrl.data.tasks import get_task, run_reward_specs
+    from rayrl.managers import resolve_manager
+    from rayrl.trackers import missing_logger
 
-    from rayrl.data.tasks import get_task
-
-    load_manager_class(cfg.runner.checkpoint.manager_class)
+    missing = missing_logger(cfg.runner.loggers)
+    if missing is not None:
+        raise ConfigError(missing)
+    resolve_manager(cfg)  # the class and the keys it adds to runner.checkpoint
     try:
-        get_task(cfg.data)
+        get_task(cfg.data).build_dataset(cfg.data.num_samples, cfg.runner.seed)  # every row checked: no bad
+        run_reward_specs(cfg.data)  # row or reward path is found after the workers started
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if cfg.runner.resume_dir is not None:
@@ -62,7 +66,8 @@ def _init_ray(cfg) -> str | None:
         return None
     needed = (cfg.actor.world_size * cfg.actor.num_cpus_per_worker
               + cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker
-              + (cfg.reference.num_cpus_per_worker if cfg.reference.enabled else 0))
+              + (cfg.reference.num_cpus_per_worker if cfg.reference.enabled else 0)
+              + (cfg.data.reward_workers or 0))
     temp_dir = tempfile.mkdtemp(prefix="rayrl-", dir="/tmp")  # short: Ray's socket paths have a length limit
     ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False,
              _temp_dir=temp_dir, logging_level=logging.WARNING, log_to_driver=True)
@@ -74,9 +79,12 @@ def _launch(cfg):
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from rayrl.coordinator import Coordinator
+    from rayrl.trackers import WANDB_ENV
 
     here = ray.get_runtime_context().get_node_id()
+    wandb_env = {k: os.environ[k] for k in WANDB_ENV if k in os.environ}  # on a cluster too, not only locally
     return ray.remote(Coordinator).options(
+        runtime_env={"env_vars": wandb_env} if wandb_env else None,
         num_cpus=0, max_concurrency=2, max_restarts=max(1, cfg.runner.max_restarts), max_task_retries=-1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),  # the driver's node
     ).remote(cfg, _relaunch_info())
@@ -128,10 +136,14 @@ def run(cfg) -> int:
     from ray.exceptions import RayActorError, RayTaskError
 
     from rayrl.coordinator import RunFailed
+    from rayrl.workers.feasibility import cluster_problem
 
     temp_dir = _init_ray(cfg)
     coordinator = None
     try:
+        problem = cluster_problem(cfg, own_instance=temp_dir is not None)
+        if problem is not None:
+            return _config_error(problem)
         coordinator = _launch(cfg)
         stop = _StopRequest()
         signal.signal(signal.SIGTERM, stop)
@@ -139,7 +151,10 @@ def run(cfg) -> int:
         if result["status"] == "preempted":
             log.warning("rayrl: stopped by a preemption notice after saving step %d", result["final_step"])
             return EXIT_PREEMPTED
+        from rayrl.console import where_it_is
+
         log.info("rayrl: done at step %d", result["final_step"])
+        sys.stdout.write(where_it_is(Path(cfg.runner.log_path)))
         return EXIT_OK
     except KeyboardInterrupt:
         from rayrl.runlog import EventLog

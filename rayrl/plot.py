@@ -1,6 +1,6 @@
 """A run's life as one PNG: ``python -m rayrl.plot <run dir> [--out file.png]``.
 
-Reward and step time over steps and over wall time, from the run's metrics.jsonl (one record per step, with
+Reward (and each named reward function's mean, ``reward/<name>``) and step time over steps and over wall time, from the run's metrics.jsonl (one record per step, with
 the wall time it finished; steps redone after a recovery replace the lost ones) and events.jsonl, with saves,
 failures, recoveries and resumes marked.
 """
@@ -27,6 +27,7 @@ class Timeline:
     steps: list[int]
     ends: list[float]
     rewards: list[float]
+    named: dict[str, list[float]]  # reward/<name> -> per-step mean (nan where a step lacks it)
     step_times: list[float]
     saves: list[tuple[int, float]]  # (step, time)
     failures: list[tuple[float, str]]  # (time, what failed)
@@ -48,6 +49,8 @@ def timeline(metrics: list[Record], events: list[Record]) -> Timeline:
     return Timeline(
         steps=[int(r["step"]) for r in metrics], ends=[t - t0 for t in ends],
         rewards=[float(r.get("reward_mean", float("nan"))) for r in metrics],
+        named={k: [float(r.get(k, float("nan"))) for r in metrics]
+               for k in dict.fromkeys(k for r in metrics for k in r if k.startswith("reward/") and k.count("/") == 1)},
         step_times=[float(r.get("time_s", float("nan"))) for r in metrics],
         saves=[(int(e["step"]), e["time"] - t0) for e in marks("save") if "step" in e],
         failures=[(e["time"] - t0, str(e.get("what") or e["event"])) for e in marks(*FAILURES)],
@@ -57,7 +60,8 @@ def timeline(metrics: list[Record], events: list[Record]) -> Timeline:
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Draw the run in ``run_dir`` into a PNG (default ``<run dir>/run.png``); returns its path."""
+    """Draw the run in ``run_dir`` into a PNG (default ``<run dir>/run.png``); returns its path.
+    ModuleNotFoundError when matplotlib (the plot extra) is not installed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,6 +81,11 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         by_step.plot(tl.steps, values, ".-", color="tab:blue", lw=1, ms=3)
         by_time.plot([t / scale for t in tl.ends], values, ".", color="tab:blue", ms=3)
         _connect_segments(by_time, tl, values, scale)
+        if row == 0 and len(tl.named) > 1:  # the reward's parts, one line per reward function
+            for i, (key, part) in enumerate(tl.named.items()):
+                style = {"color": f"C{i + 1}", "lw": 1, "ms": 2, "label": key}
+                by_step.plot(tl.steps, part, ".--", **style)
+                by_time.plot([t / scale for t in tl.ends], part, ".", **{**style, "label": "_"})
         by_step.set_ylabel(label)
         by_step.xaxis.set_major_locator(MaxNLocator(integer=True))
         _mark_steps(by_step, tl)
@@ -143,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         out = plot_run(args.run_dir, args.out)
+    except ModuleNotFoundError as err:
+        print(f"rayrl.plot: needs {err.name}: pip install matplotlib (or pip install -e '.[plot]')", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as err:
         print(f"rayrl.plot: {err}", file=sys.stderr)
         return 2

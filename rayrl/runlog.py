@@ -1,5 +1,5 @@
 """The run's own records: metrics.jsonl (one object per finished step) and events.jsonl (failures,
-recoveries, saves), plus TensorBoard scalars when tensorboard is installed."""
+recoveries, saves). TensorBoard and W&B are rayrl.trackers."""
 
 from __future__ import annotations
 
@@ -71,13 +71,6 @@ class JsonlFollower:
 class MetricsLog:
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / METRICS_FILE
-        self._tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
-        except ImportError:  # tensorboard is optional
-            pass
 
     def truncate_after(self, step: int) -> None:
         """Drop records of steps after ``step`` (written before a crash), so each step appears once."""
@@ -87,15 +80,11 @@ class MetricsLog:
             atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
             log.info("metrics.jsonl: dropped %d record(s) after step %d", len(records) - len(kept), step)
 
-    def append(self, record: dict[str, Any]) -> None:
-        """Record a finished step, stamped with the wall time it finished at."""
+    def append(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Record a finished step, stamped with the wall time it finished at; returns the record written."""
         record = {**record, "time": time.time()}
         _append_line(self.path, record)
-        if self._tb is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("step", "time"):
-                    self._tb.add_scalar(key, value, record["step"])
-            self._tb.flush()
+        return record
 
 
 class EventLog:

@@ -1,5 +1,8 @@
 """One GRPO step across the fleet: sample, score, compute advantages and reference log-probs, update,
-and ship the new weights to every rollout worker."""
+and ship the new weights to every rollout worker.
+
+Scoring happens where data.reward_workers says: null, in the rollout workers as they generate; N, in a pool
+of N Ray tasks; 0, serially here in the coordinator (the slow reference path)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,10 @@ import ray
 import torch
 
 from rayrl.algorithms.grpo import group_advantages
+from rayrl.data.scoring import Scorer
 from rayrl.engines import Rollouts
+from rayrl.failures import WorkerId
+from rayrl.workers import reward_pool
 from rayrl.workers.fleet import Fleet
 
 SUMMED_ACTOR_STATS = ("loss", "pg_loss", "kl", "clip_frac")  # already divided by the global token count
@@ -27,24 +33,24 @@ def split_evenly(items: list, parts: int) -> list[list]:
     return out
 
 
-def run_step(fleet: Fleet, cfg: Any, task: Any, items: list[dict], step: int) -> dict[str, float]:
-    """Run step ``step`` on the prompts ``items``; returns its metrics."""
+def run_step(fleet: Fleet, cfg: Any, scoring: Scoring, items: list[dict], step: int) -> dict[str, float]:
+    """Run step ``step`` on the prompt items ``items``; returns its metrics."""
     start = time.perf_counter()
     n = cfg.rollout.n_samples_per_prompt
-    chunks = split_evenly([it["prompt"] for it in items], len(fleet.rollout.workers))
-    gen_refs = fleet.rollout.call_each("generate", [(chunk, n, step) for chunk in chunks])
+    chunks = split_evenly(list(range(len(items))), len(fleet.rollout.workers))
+    gen_refs = fleet.rollout.call_each("generate", [([items[i] for i in c], n, step, c[0] * n) for c in chunks])
     rollouts = Rollouts.concat(fleet.wait_all(gen_refs, "rollout"))
     t_gen = time.perf_counter() - start
 
-    rewards = torch.tensor([task.reward(items[i // n], text) for i, text in enumerate(rollouts.response_texts)],
-                           dtype=torch.float32)
+    scores = scoring.scores(fleet, items, rollouts, n, step)
+    rewards = torch.tensor([s["reward"] for s in scores], dtype=torch.float32)
     batch = {
         "prompt_ids": rollouts.prompt_ids, "prompt_mask": rollouts.prompt_mask,
         "response_ids": rollouts.response_ids, "response_mask": rollouts.response_mask,
         "advantages": group_advantages(rewards, n, cfg.algorithm.norm_adv_by_std),
     }
     if fleet.reference is not None:
-        batch["ref_logp"] = fleet.wait(fleet.reference.workers[0].logprobs.remote(batch), "reference[0]")
+        batch["ref_logp"] = fleet.wait(fleet.reference.workers[0].logprobs.remote(batch), WorkerId("reference", 0))
     batch_ref = ray.put(batch)
     stats = fleet.wait_all(fleet.actor.call("train_step", batch_ref), "actor")
     sync_weights(fleet)
@@ -54,15 +60,52 @@ def run_step(fleet: Fleet, cfg: Any, task: Any, items: list[dict], step: int) ->
         "step": step,
         "reward_mean": float(rewards.mean()),
         "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+        **named_means(scores),
         "response_len": float(lengths.mean()),
         **{k: sum(s[k] for s in stats) for k in SUMMED_ACTOR_STATS},
         "grad_norm": stats[0]["grad_norm"],
         "lr": stats[0]["lr"],
         "save_staging_wait_s": max(s["save_staging_wait_s"] for s in stats),  # the loop waited this long
         "gen_time_s": t_gen,
+        "score_time_s": scoring.last_s,
         "time_s": time.perf_counter() - start,
     }
     return metrics
+
+
+class Scoring:
+    """The run's reward functions and where they run (data.reward_workers)."""
+
+    def __init__(self, cfg: Any, specs: list) -> None:
+        self.cfg, self.specs = cfg, tuple(specs)
+        workers = cfg.data.reward_workers
+        self.local = Scorer(self.specs, cfg.data.reward_timeout_s, cfg.runner.seed) if workers == 0 else None
+        self.last_s = 0.0  # the time the last step waited for scores after generating
+
+    def scores(self, fleet: Fleet, items: list[dict], rollouts: Rollouts, n: int, step: int) -> list[dict]:
+        t0 = time.perf_counter()
+        out = rollouts.scores
+        if out is None:
+            ids = [row[mask.bool()].tolist() for row, mask in zip(rollouts.response_ids, rollouts.response_mask)]
+            texts = rollouts.response_texts
+            if self.local is not None:
+                out = self.local.score(items, texts, ids, n, step, 0)
+            else:
+                chunks = split_evenly(list(range(len(items))), self.cfg.data.reward_workers)
+                refs = reward_pool.submit(self.specs, self.cfg, items, texts, ids, n, step, chunks)
+                out = [s for part in fleet.wait_all(refs, "reward") for s in part]
+        self.last_s = time.perf_counter() - t0
+        return out
+
+
+def named_means(scores: list[dict[str, float]]) -> dict[str, float]:
+    """The step mean of each named reward term (``reward/<name>`` ...), over the samples that have it."""
+    keys = list(dict.fromkeys(k for s in scores for k in s if k != "reward"))
+    out = {}
+    for key in keys:
+        values = [s[key] for s in scores if key in s]
+        out[key] = sum(values) / len(values)
+    return out
 
 
 def sync_weights(fleet: Fleet) -> None:

@@ -4,7 +4,8 @@
 # - Uses the active virtualenv ($VIRTUAL_ENV); else creates .venv in the repository root (python3.11 if
 #   present, else python3, which must be >= 3.11) and activates it.
 # - Installs torch==2.13.0 FIRST when torch is missing: the CPU wheel lies on this machine's disk, while a
-#   bare `torch` resolved by pip would be a multi-GB CUDA build.
+#   bare `torch` resolved by pip would be a multi-GB CUDA build. Not with the `vllm` extra (the GPU
+#   install): the official vLLM wheel pins the CUDA torch it was built against, and pip installs that.
 # - Runs `pip install -e .[EXTRAS]` only when pyproject.toml (or this checkout's path) changed since the
 #   last install, or EXTRAS asks for extras not yet installed; a stamp file in the venv remembers both.
 # - RAYRL_SKIP_SETUP=1 installs nothing (an existing .venv is still activated when no venv is active).
@@ -30,7 +31,8 @@ rayrl_setup_env() {
     [[ ${RAYRL_SKIP_SETUP:-0} == 1 ]] && return 0
 
     _rayrl_check_python python || return 1
-    if ! python -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)'; then
+    if [[ ",$extras," != *",vllm,"* ]] \
+        && ! python -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)'; then
         echo "rayrl: setting up $VIRTUAL_ENV: pip install torch==2.13.0 ..." >&2
         python -m pip install -qq torch==2.13.0 || { echo "rayrl: set-up failed (torch)" >&2; return 1; }
     fi

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from rayrl.checkpoint.format import ACTOR_DIR, CHECKPOINTS_DIR, MODEL_KEY, TRACKER_FILE, step_dir_name
+
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = "t"
 
@@ -40,6 +42,16 @@ def env_for_tests(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("RAY_ADDRESS", None)
     env.update(extra)
+    return env
+
+
+def hang_env(steps: str, **extra: str) -> dict[str, str]:
+    """env_for_tests with a rollout worker hanging at the start of each of ``steps`` ("N[,M...]"), once per
+    run directory (marker ``<run dir>/.test-hang-<N>``): tests/hang_hook/sitecustomize.py, first on the
+    run's PYTHONPATH, puts the hang in. The run must start its own Ray (not the shared one), so that its
+    workers inherit this environment."""
+    env = env_for_tests(RAYRL_TEST_HANG_AT_STEP=steps, **extra)
+    env["PYTHONPATH"] = str(REPO / "tests" / "hang_hook") + os.pathsep + env["PYTHONPATH"]
     return env
 
 
@@ -133,7 +145,7 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
 
 def tracker_step(output_dir: Path) -> int | None:
     try:
-        return int((run_dir(output_dir) / "checkpoints/latest_checkpointed_iteration.txt").read_text().strip())
+        return int((run_dir(output_dir) / CHECKPOINTS_DIR / TRACKER_FILE).read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
 
@@ -153,12 +165,12 @@ def actor_weights(step_dir: Path) -> dict[str, torch.Tensor]:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "full.pt"
-        dcp_to_torch_save(str(step_dir / "actor"), str(out))
-        return torch.load(out, weights_only=True)["model"]
+        dcp_to_torch_save(str(step_dir / ACTOR_DIR), str(out))
+        return torch.load(out, weights_only=True)[MODEL_KEY]
 
 
 def final_weights(output_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    return actor_weights(run_dir(output_dir) / "checkpoints" / f"global_step_{step}")
+    return actor_weights(checkpoints_dir(output_dir) / step_dir_name(step))
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -168,7 +180,7 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 
 def checkpoints_dir(output_dir: Path) -> Path:
-    return run_dir(output_dir) / "checkpoints"
+    return run_dir(output_dir) / CHECKPOINTS_DIR
 
 
 def copy_run(src_output_dir: Path, dst_output_dir: Path) -> Path:

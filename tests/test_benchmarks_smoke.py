@@ -25,6 +25,7 @@ FIGURES = {
     "overhead.loop_blocked_async_save_vs_sync_save",
     "recovery.actor_kill_vs_cold_restart", "recovery.node_loss_vs_cold_restart",
     "resume.first_step_resuming_vs_fresh",
+    "rewards.step_time_parallel_vs_serial_coordinator",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -106,10 +107,22 @@ def test_interpolation_defaults_overrides_and_user_yaml(tmp_path: Path) -> None:
         ("", ["runner.max_steps"], "override 'runner.max_steps': expected key=value"),
         ("", ["configs/x.yaml"], "override 'configs/x.yaml': expected key=value (did you mean --config"),
         ("", ["a..b=1"], "override 'a..b=1': 'a..b' is not a dotted key"),
+        ("", ["actor.mixed_precision=true", "actor.model.dtype=bfloat16"],
+         "actor.mixed_precision: needs actor.model.dtype float32 for the master weights (got bfloat16)"),
+        ("", ["actor.num_gpus_per_worker=0.5"], "actor.num_gpus_per_worker: must be 0 or a whole number"),
+        ("", ["actor.num_gpus_per_worker=1.5"], "actor.num_gpus_per_worker: must be 0 or a whole number"),
+        ("", ["rollout.num_gpus_per_worker=1.5"], "rollout.num_gpus_per_worker: must be <= 1 or a whole number"),
+        ("", ["reference.num_gpus_per_worker=2.5"], "reference.num_gpus_per_worker: must be <= 1 or a whole"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, yaml_text: str, overrides: list[str], message: str) -> None:
     assert _error(_write(tmp_path, yaml_text), overrides).startswith(message)
+
+
+def test_gpu_shares_that_ray_and_nccl_accept_load() -> None:
+    cfg = load_config(None, ["actor.num_gpus_per_worker=2", "rollout.num_gpus_per_worker=0.25",
+                             "reference.num_gpus_per_worker=3"])
+    assert (cfg.actor.num_gpus_per_worker, cfg.rollout.num_gpus_per_worker) == (2, 0.25)
 
 
 def test_resume_dir_must_be_an_existing_directory(tmp_path: Path) -> None:
@@ -160,3 +173,12 @@ def test_help_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
         parse_args(["--help"])
     assert info.value.code == 0
     assert "usage: rayrl" in capsys.readouterr().out
+
+
+def test_help_lists_the_exit_codes_of_the_readme(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    section = capsys.readouterr().out.split("exit status:")[1]
+    in_help = re.findall(r"(?:^|;)\s*(\d+) ", section, re.M)
+    readme = (REPO / "README.md").read_text().split("**Exit status**")[1].split("\n\n")[0]
+    assert in_help and sorted(in_help) == sorted(re.findall(r"`(\d+)`", readme)), (in_help, readme)

@@ -11,13 +11,21 @@ import torch
 
 from rayrl.data.loader import BatchStream, make_dataloader
 from rayrl.data.rewards import cyclic_match, extract_final_number, math_exact_match
-from rayrl.data.tasks import get_task
+from rayrl.data.tasks import get_task, run_reward_specs
 
 
 def _data_cfg(**overrides):
-    fields = dict(task="copy_pattern", path=None, prompt_key="prompt", answer_key="answer", pattern_length=2)
+    fields = dict(task="copy_pattern", path=None, prompt_key="prompt", answer_key="answer", pattern_length=2,
+                  reward_fns=None, reward_fn=None)
     fields.update(overrides)
     return SimpleNamespace(**fields)
+
+
+def _builtin_reward(cfg):
+    """The task's built-in reward, loaded by its dotted path as a run loads it, as (item, text) -> float."""
+    (spec,) = run_reward_specs(cfg)
+    fn = spec.load()
+    return lambda item, text: fn(item, text, [])
 
 
 # ---- rewards ----------------------------------------------------------------------------------------------
@@ -83,6 +91,7 @@ def test_cyclic_match():
 
 def test_copy_pattern_dataset_is_seeded_and_reward_reads_prompt():
     task = get_task(_data_cfg(pattern_length=3))
+    reward = _builtin_reward(_data_cfg(pattern_length=3))
     assert task.name == "copy_pattern"
     data = task.build_dataset(200, seed=5)
     assert data == task.build_dataset(200, seed=5)
@@ -91,19 +100,20 @@ def test_copy_pattern_dataset_is_seeded_and_reward_reads_prompt():
     pattern = item["prompt"][:-1]
     assert item["prompt"] == pattern + ":" and len(pattern) == 3 and set(pattern) <= set("abcdef")
     assert item["answer"] == (pattern * 4)[:12]
-    assert task.reward(item, item["answer"]) == 1.0
-    assert task.reward(item, item["answer"][:6]) == 0.5
+    assert reward(item, item["answer"]) == 1.0
+    assert reward(item, item["answer"][:6]) == 0.5
     # prompts differ, so one fixed response cannot score well on all of them
     assert len({d["prompt"] for d in data}) > 50
-    assert sum(task.reward(d, "a" * 12) for d in data) / len(data) < 0.5
+    assert sum(reward(d, "a" * 12) for d in data) / len(data) < 0.5
 
 
 def test_repeat_token_task():
     task = get_task(_data_cfg(task="repeat_token"))
+    reward = _builtin_reward(_data_cfg(task="repeat_token"))
     data = task.build_dataset(10, seed=0)
     assert all(d["answer"] == "a" * 12 for d in data)
-    assert task.reward(data[0], "a" * 12) == 1.0
-    assert task.reward(data[0], "aaab" * 3) == 0.75
+    assert reward(data[0], "a" * 12) == 1.0
+    assert reward(data[0], "aaab" * 3) == 0.75
 
 
 def test_unknown_task_names_key_and_known_tasks():
@@ -118,10 +128,12 @@ def test_jsonl_task(tmp_path):
     rows = [{"question": "1+1?", "solution": "#### 2"}, {"question": "2*3?", "solution": 6}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     task = get_task(_data_cfg(task="jsonl", path=str(path), prompt_key="question", answer_key="solution"))
+    reward = _builtin_reward(_data_cfg(task="jsonl"))
     data = task.build_dataset(num_samples=1, seed=0)
-    assert data == [{"prompt": "1+1?", "answer": "#### 2"}, {"prompt": "2*3?", "answer": "6"}]
-    assert task.reward(data[0], "The answer is 2.") == 1.0
-    assert task.reward(data[1], "\\boxed{5}") == 0.0
+    assert data == [{"question": "1+1?", "solution": "#### 2", "prompt": "1+1?", "answer": "#### 2"},
+                    {"question": "2*3?", "solution": 6, "prompt": "2*3?", "answer": "6"}]
+    assert reward(data[0], "The answer is 2.") == 1.0
+    assert reward(data[1], "\\boxed{5}") == 0.0
 
 
 def test_file_task_errors(tmp_path):
@@ -131,7 +143,7 @@ def test_file_task_errors(tmp_path):
         get_task(_data_cfg(task="jsonl", path="/no/such.jsonl"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x", "answer": "1"}\n{"prompt": "y"}\n')
-    with pytest.raises(ValueError, match="row 1 has no column data.answer_key='answer'"):
+    with pytest.raises(ValueError, match="row 2 has no column data.answer_key='answer'"):
         get_task(_data_cfg(task="jsonl", path=str(bad))).build_dataset(0, 0)
     bad.write_text('{"prompt": "x", "answer": "1"}\nnot json\n')
     with pytest.raises(ValueError, match="line 2 is not valid JSON"):

@@ -1,4 +1,4 @@
-"""Hand-computed checks of the GRPO tensor functions."""
+"""Hand-computed checks of the GRPO tensor functions and the shared tensor helpers."""
 
 from __future__ import annotations
 
@@ -7,14 +7,8 @@ import math
 import pytest
 import torch
 
-from rayrl.algorithms.grpo import (
-    group_advantages,
-    kl_k3,
-    masked_mean,
-    policy_loss,
-    response_mask_from,
-    token_logprobs,
-)
+from rayrl.algorithms.grpo import group_advantages, kl_k3, policy_loss
+from rayrl.tensors import masked_mean, response_mask_from, token_logprobs
 
 
 def test_group_advantages_normalised_by_population_std():

@@ -18,10 +18,11 @@ import pytest
 
 from examples.mirror_manager import MirrorConfig, MirrorManager
 from rayrl.checkpoint import CheckpointError, file_digest, verify_checkpoint
-from rayrl.checkpoint.layout import TRACKER_FILE
-from rayrl.checkpoint.manager import DefaultCheckpointManager, load_manager_class
+from rayrl.checkpoint.format import TRACKER_FILE
+from rayrl.checkpoint.manager import DefaultCheckpointManager
 from rayrl.config import CheckpointConfig, ConfigError, load_config
-from rayrl.failures import InfraFailure
+from rayrl.failures import InfraFailure, WorkerId
+from rayrl.managers import load_manager_class, resolve_manager
 from tests.support import FAST, REPO, read_metrics, run_dir, shared_ray_env
 
 MIRROR = "examples.mirror_manager.MirrorManager"
@@ -131,7 +132,7 @@ def test_background_failure_is_raised_at_the_next_poll_and_drops_only_that_step(
 
 def test_a_lost_worker_during_a_save_reaches_recovery_unchanged(tmp_path):
     mgr, gate = _manager(tmp_path), threading.Event()
-    lost = InfraFailure("actor[1]", "ActorDiedError: the actor died unexpectedly")
+    lost = InfraFailure(WorkerId("actor", 1), "ActorDiedError: the actor died unexpectedly")
     mgr.save(1, [FileParticipant("a", gate, fail=lost)], {"global_step": 1})
     gate.set()
     with pytest.raises(InfraFailure) as caught:
@@ -192,13 +193,20 @@ def test_unusable_manager_class_is_a_config_error_naming_it(path, message):
 
 
 def test_manager_config_subclass_adds_keys_only_with_its_manager():
-    cfg = load_config(None, [f"runner.checkpoint.manager_class={MIRROR}", "runner.checkpoint.mirror_dir=/m",
-                             "runner.checkpoint.max_to_keep=3"])
-    assert type(cfg.runner.checkpoint) is MirrorConfig
+    loaded = load_config(None, [f"runner.checkpoint.manager_class={MIRROR}", "runner.checkpoint.mirror_dir=/m",
+                                "runner.checkpoint.max_to_keep=3"])
+    cls, cfg = resolve_manager(loaded)  # the loader kept mirror_dir; the manager's schema checks it
+    assert cls is MirrorManager and type(cfg.runner.checkpoint) is MirrorConfig
     assert (cfg.runner.checkpoint.mirror_dir, cfg.runner.checkpoint.max_to_keep) == ("/m", 3)
     with pytest.raises(ConfigError, match=r"^runner\.checkpoint\.mirror_dir: unknown key"):
         load_config(None, ["runner.checkpoint.mirror_dir=/m"])
-    assert load_manager_class(MIRROR) is MirrorManager
+    typo = load_config(None, [f"runner.checkpoint.manager_class={MIRROR}", "runner.checkpoint.mirror_dri=/m"])
+    with pytest.raises(ConfigError, match=r"^runner\.checkpoint\.mirror_dri: unknown key \(did you mean "
+                                          r"runner\.checkpoint\.mirror_dir\?\)"):
+        resolve_manager(typo)
+    wrong_type = load_config(None, [f"runner.checkpoint.manager_class={MIRROR}", "runner.checkpoint.mirror_dir=[1]"])
+    with pytest.raises(ConfigError, match=r"^runner\.checkpoint\.mirror_dir: "):
+        resolve_manager(wrong_type)
 
 
 def test_mirror_manager_keeps_a_verified_copy_of_exactly_the_kept_steps(tmp_path):

@@ -85,3 +85,19 @@ def test_plot_of_a_real_run(tmp_path_factory, tmp_path):
         i = tl.steps.index(step)
         assert tl.ends[i] <= t + 1e-6 and (i + 1 == len(tl.ends) or t < tl.ends[i + 1])
     assert imread(plot_run(run, tmp_path / "run.png")).shape[0] > 600
+
+
+def test_plot_without_matplotlib_says_which_pip_install(failed_run, tmp_path):
+    """As after a set-up without the plot extra: exit 2, one line naming the pip install, no traceback."""
+    import subprocess
+    import sys
+
+    from tests.support import REPO, env_for_tests
+
+    code = ("import sys; sys.modules['matplotlib'] = None; from rayrl.plot import main; "
+            f"sys.exit(main([{str(failed_run)!r}, '--out', {str(tmp_path / 'x.png')!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env_for_tests(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "rayrl.plot: needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')"]

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from rayrl.failures import InfraFailure, ProgramError, check_finite
+from rayrl.failures import InfraFailure, ProgramError, WorkerId, check_finite
 from rayrl.recovery import MAX_BACKOFF_S, Recovery, RunFailed
 from rayrl.runlog import EventLog, read_jsonl
 
@@ -58,8 +58,9 @@ def test_a_recovery_is_one_event_with_what_died_where_the_step_and_the_seconds(e
 
 
 def test_failures_survive_pickling_as_ray_ships_them():
-    infra = pickle.loads(pickle.dumps(InfraFailure("actor[1]", "hang", "n", True)))
-    assert (infra.what, infra.cause, infra.node, infra.preemption) == ("actor[1]", "hang", "n", True)
+    infra = pickle.loads(pickle.dumps(InfraFailure([WorkerId("actor", 1), WorkerId("actor", 0)], "hang", "n", True)))
+    assert (infra.what, infra.cause, infra.node, infra.preemption) == ("actor[1], actor[0]", "hang", "n", True)
+    assert infra.workers == (WorkerId("actor", 1), WorkerId("actor", 0)) and infra.node_lost
     program = pickle.loads(pickle.dumps(ProgramError("rollout[0]", ValueError("bad row 3"))))
     assert str(program) == "rollout[0] raised ValueError: bad row 3" and isinstance(program.cause, ValueError)
 

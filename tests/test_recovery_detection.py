@@ -17,7 +17,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from rayrl.failures import InfraFailure, ProgramError, gather
+from rayrl.failures import InfraFailure, ProgramError, WorkerId, gather
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,7 @@ def test_a_killed_node_is_an_infra_failure_without_waiting_for_the_health_check(
     start = time.monotonic()
     cluster.remove_node(node, allow_graceful=False)
     with pytest.raises(InfraFailure) as caught:
-        gather([peer_error, lost], ["survivor", "victim"], timeout_s=60, find_dead=lambda: [])
+        gather([peer_error, lost], [WorkerId("survivor"), WorkerId("victim")], timeout_s=60, find_dead=lambda: [])
     elapsed = time.monotonic() - start
     assert caught.value.what == "victim" and "ActorUnavailableError" in caught.value.cause, caught.value
     assert "seen first by survivor raised RuntimeError" in caught.value.cause
@@ -95,7 +95,7 @@ def test_a_node_drained_for_preemption_is_a_preemption(cluster):
     assert accepted, why
     cluster.remove_node(node, allow_graceful=False)
     with pytest.raises(InfraFailure) as caught:
-        gather([lost], ["victim"], timeout_s=60, find_dead=lambda: [])
+        gather([lost], [WorkerId("victim")], timeout_s=60, find_dead=lambda: [])
     assert caught.value.preemption, caught.value.cause
 
 
@@ -105,7 +105,7 @@ def test_a_worker_exception_with_live_peers_is_a_program_error_after_the_grace(c
     ray.get([failing.ping.remote(), busy.ping.remote()], timeout=60)
     start = time.monotonic()
     with pytest.raises(ProgramError) as caught:  # the busy peer is blocked (in a collective, say): not dead
-        gather([failing.fail.remote(0), busy.sleep.remote(60)], ["failing", "busy"], timeout_s=60,
+        gather([failing.fail.remote(0), busy.sleep.remote(60)], [WorkerId("failing"), WorkerId("busy")], timeout_s=60,
                find_dead=lambda: [], grace_s=1.0)
     assert time.monotonic() - start < 10
     assert str(caught.value) == "failing raised RuntimeError: bad data in this worker"
@@ -115,5 +115,5 @@ def test_a_hang_is_an_infra_failure_naming_the_silent_workers(cluster):
     probe = _probe_class()
     silent = probe.options(resources={"safe": 1}).remote()
     with pytest.raises(InfraFailure) as caught:
-        gather([silent.sleep.remote(60)], ["rollout[0]"], timeout_s=1.0, find_dead=lambda: [])
+        gather([silent.sleep.remote(60)], [WorkerId("rollout", 0)], timeout_s=1.0, find_dead=lambda: [])
     assert caught.value.what == "rollout[0]" and "(hang)" in caught.value.cause

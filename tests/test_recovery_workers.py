@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.support import (
-    RECOVERY_STEPS, WITH_REFERENCE, assert_same_weights, descendants, env_for_tests, events_named, final_weights,
+    RECOVERY_STEPS, WITH_REFERENCE, assert_same_weights, descendants, events_named, final_weights, hang_env,
     kill_session, last_step, output_of, pid_busy_in, recovery_times, rewards, spawn_rayrl, tracker_step,
     uninterrupted_run, wait_running,
 )
@@ -78,11 +78,11 @@ def test_sigkill_of_each_worker_role_mid_step(reference, tmp_path):
 def test_sigterm_saves_the_current_step_and_a_hang_hits_the_step_timeout(reference, tmp_path):
     """One run, budget 1: SIGTERM to an actor rank (a preemption notice) saves the step it is in, off the
     save grid, and recovers from it without spending the budget; then a rollout worker hangs in step 13
-    (test-only hook) and runner.step_timeout_s catches it, spending the one counted recovery. The hang
+    (tests/hang_hook) and runner.step_timeout_s catches it, spending the one counted recovery. The hang
     begins right after step 12's asynchronous save was started: the recovery keeps the actor ranks, lets
     their shards finish and commits step 12 (only the coordinator's step loop, stuck in step 13, would
     have), so it resumes from 12, not from 8."""
-    env = env_for_tests(RAYRL_TEST_HANG_AT_STEP="13")
+    env = hang_env("13")
     proc = spawn_rayrl(tmp_path, *STEPS, "runner.max_restarts=1", "runner.step_timeout_s=8", env=env)
     try:
         wait_running(proc, lambda: (tracker_step(tmp_path) or 0) >= 4 and last_step(tmp_path) >= 5, 300,

@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-from rayrl.algorithms.grpo import (
-    group_advantages,
-    kl_k3,
-    masked_mean,
-    policy_loss,
-    response_mask_from,
-    token_logprobs,
-)
+from rayrl.algorithms.grpo import group_advantages, kl_k3, policy_loss
 
-__all__ = ["group_advantages", "kl_k3", "masked_mean", "policy_loss", "response_mask_from", "token_logprobs"]
+__all__ = ["group_advantages", "kl_k3", "policy_loss"]

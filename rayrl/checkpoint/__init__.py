@@ -1,4 +1,5 @@
-"""Checkpoint files on disk: layout, atomic commit, manifest, retention, RNG state, safe torch IO.
+"""Checkpoint files on disk: format (every name, in format.py), layout, atomic commit, manifest, retention,
+RNG state, safe torch IO.
 
 Knows nothing of GRPO, Ray or models; the checkpoint manager calls these from workers and the coordinator.
 """
@@ -6,15 +7,9 @@ Knows nothing of GRPO, Ray or models; the checkpoint manager calls these from wo
 from __future__ import annotations
 
 from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid, NoValidCheckpoint
-from rayrl.checkpoint.layout import (
-    ARCHIVE_PREFIX,
-    STEP_PREFIX,
-    TRACKER_FILE,
-    CheckpointDir,
-    parse_step,
-)
+from rayrl.checkpoint.format import ARCHIVE_PREFIX, MANIFEST_FILE, STEP_PREFIX, TEMP_PREFIX, TRACKER_FILE
+from rayrl.checkpoint.layout import CheckpointDir, parse_step
 from rayrl.checkpoint.manifest import (
-    MANIFEST_FILE,
     build_manifest,
     file_digest,
     read_manifest,
@@ -23,7 +18,6 @@ from rayrl.checkpoint.manifest import (
 )
 from rayrl.checkpoint.retention import select_steps_to_delete
 from rayrl.checkpoint.safe_io import (
-    TEMP_PREFIX,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,

@@ -24,9 +24,8 @@ import torch
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, TensorStorageMetadata
 
 from rayrl.checkpoint.errors import CheckpointError
+from rayrl.checkpoint.format import DCP_METADATA_FILE, MODEL_KEY
 from rayrl.checkpoint.safe_io import load_torch
-
-METADATA_FILE = ".metadata"
 
 _DCP_METADATA_CLASSES = ("Metadata", "MetadataIndex", "TensorStorageMetadata", "BytesStorageMetadata",
                          "ChunkStorageMetadata", "TensorProperties", "StorageMeta", "_MEM_FORMAT_ENCODING")
@@ -54,7 +53,7 @@ def read_dcp_metadata(dcp_dir: str | os.PathLike[str]) -> Metadata:
     Raises ``CheckpointError`` naming the file when the metadata or an item is refused or unreadable.
     """
     root = Path(dcp_dir)
-    path = root / METADATA_FILE
+    path = root / DCP_METADATA_FILE
     try:
         with open(path, "rb") as f:
             metadata = _MetadataUnpickler(f).load()
@@ -78,7 +77,7 @@ def _vet_byte_items(root: Path, metadata: Metadata) -> None:
             continue
         path = root / info.relative_path
         if path.parent != root or info.transform_descriptors:
-            raise CheckpointError(root / METADATA_FILE, f"item {index.fqn} is stored in an unsupported way")
+            raise CheckpointError(root / DCP_METADATA_FILE, f"item {index.fqn} is stored in an unsupported way")
         try:
             with open(path, "rb") as f:
                 f.seek(info.offset)
@@ -110,7 +109,7 @@ def shape_mismatch(saved: Mapping[str, Sequence[int]], expected: Mapping[str, Se
     return problems[0] + more
 
 
-def model_mismatch(dcp_dir: str | os.PathLike[str], expected: Mapping[str, Sequence[int]], key: str = "model"
+def model_mismatch(dcp_dir: str | os.PathLike[str], expected: Mapping[str, Sequence[int]], key: str = MODEL_KEY
                    ) -> str | None:
     """How the tensors saved under ``key`` in ``dcp_dir`` differ from ``expected``; None if they fit.
 

@@ -34,3 +34,7 @@ class NoValidCheckpoint(CheckpointError):
                                  or "the tracker names a step, but no global_step_* directory exists")
         self.args = (str(path), steps)
         self.steps = steps
+class WorkerLost(Exception):
+    """Base of the errors that mean the workers writing or reading a part are gone (process, node, object,
+    a hang), not that the checkpoint failed: a manager lets them through unchanged so that the runtime
+    recovers. The runtime's ``rayrl.failures.InfraFailure`` is one; this package does not know it."""

@@ -22,19 +22,18 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid, NoValidCheckpoint
-from rayrl.checkpoint.manifest import MANIFEST_FILE, verify_checkpoint
-from rayrl.checkpoint.safe_io import TEMP_PREFIX, atomic_write_text, fsync_dir, fsync_tree, temp_name
+from rayrl.checkpoint.format import ARCHIVE_PREFIX, MANIFEST_FILE, STEP_PREFIX, TEMP_PREFIX, TRACKER_FILE, step_dir_name
+from rayrl.checkpoint.manifest import verify_checkpoint
+from rayrl.checkpoint.safe_io import atomic_write_text, fsync_dir, fsync_tree, temp_name
 
 log = logging.getLogger(__name__)
 
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
-STEP_PREFIX = "global_step_"
-ARCHIVE_PREFIX = "run_"
-_STEP_RE = re.compile(r"global_step_(0|[1-9][0-9]*)")
-_ASIDE_RE = re.compile(r"global_step_[0-9]+\.(corrupt|replaced|superseded)-[0-9]{8}-[0-9]{6}(-[0-9]+)?")
-_ARCHIVE_RE = re.compile(r"run_([0-9]+)")
+_STEP_RE = re.compile(re.escape(STEP_PREFIX) + r"(0|[1-9][0-9]*)")
+_ASIDE_RE = re.compile(re.escape(STEP_PREFIX) + r"[0-9]+\.(corrupt|replaced|superseded)-[0-9]{8}-[0-9]{6}(-[0-9]+)?")
+_ARCHIVE_RE = re.compile(re.escape(ARCHIVE_PREFIX) + r"([0-9]+)")
 
 
 def parse_step(name: str) -> int | None:
@@ -72,7 +71,7 @@ class CheckpointDir:
         self.root = Path(root)
 
     def step_dir(self, step: int) -> Path:
-        return self.root / f"{STEP_PREFIX}{_check_step(step)}"
+        return self.root / step_dir_name(_check_step(step))
 
     def list_step_dirs(self) -> list[tuple[int, Path]]:
         """All ``global_step_N`` directories, oldest first (complete or not: see ``find_resume_point``)."""
@@ -86,7 +85,7 @@ class CheckpointDir:
     def new_temp_dir(self, step: int) -> Path:
         """A fresh hidden sibling to write step ``step`` into (same filesystem as its final place)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / temp_name(f"{STEP_PREFIX}{_check_step(step)}")
+        path = self.root / temp_name(step_dir_name(_check_step(step)))
         path.mkdir()
         return path
 
@@ -118,7 +117,7 @@ class CheckpointDir:
 
     def move_aside(self, path: Path, step: int, tag: str) -> Path:
         """Rename to ``global_step_N.<tag>-<UTC time>[-i]``, a name no discovery ever picks."""
-        base = f"{STEP_PREFIX}{step}.{tag}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+        base = f"{step_dir_name(step)}.{tag}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         target, i = self.root / base, 0
         while target.exists():
             i += 1
@@ -150,7 +149,8 @@ class CheckpointDir:
 
     # -- start-up ------------------------------------------------------------------------------------
 
-    def find_resume_point(self, check_checksums: bool = True) -> tuple[int, Path] | None:
+    def find_resume_point(self, check_checksums: bool = True,
+                          checked_on_load: Callable[[str], bool] | None = None) -> tuple[int, Path] | None:
         """The newest step whose manifest verifies; None when there is no step and no tracker.
 
         Newer steps that are incomplete or fail a checksum are moved aside, but only once an older valid
@@ -158,15 +158,18 @@ class CheckpointDir:
         raises ``NoValidCheckpoint`` naming each step and why, with nothing moved. An ``OSError`` while
         reading (EIO, ESTALE, EACCES, a network filesystem's timeout) propagates: it is not damage.
         Older steps are not verified (cheap). The tracker is only a hint: it is rewritten to the step
-        chosen when it disagrees.
+        chosen when it disagrees. Files ``checked_on_load`` names get their size checked, not their
+        checksum: their loader checks that as it reads them (except in a step chosen over invalid newer
+        ones: that one is checked in full before they are moved aside).
         """
         tracker = self.read_tracker()
         steps = self.list_step_dirs()
         invalid: list[tuple[int, Path, str]] = []
         chosen: tuple[int, Path] | None = None
         for step, path in reversed(steps):
-            try:
-                verify_checkpoint(path, check_checksums=check_checksums, expected_step=step)
+            try:  # a step that newer invalid ones would be moved aside for is verified in full first
+                verify_checkpoint(path, check_checksums=check_checksums, expected_step=step,
+                                  checked_on_load=None if invalid else checked_on_load)
             except CheckpointInvalid as e:
                 invalid.append((step, path, e.reason))
                 continue

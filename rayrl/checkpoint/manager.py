@@ -13,27 +13,22 @@ docs/checkpoint_manager.md describes the protocol, the participants and how to w
 
 from __future__ import annotations
 
-import concurrent.futures
-import dataclasses
-import importlib
-import inspect
 import logging
 import os
 import shutil
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-from rayrl.checkpoint.errors import CheckpointError
-from rayrl.checkpoint.layout import TRACKER_FILE, CheckpointDir
-from rayrl.checkpoint.manifest import build_manifest, verify_checkpoint, write_manifest
+from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid, NoValidCheckpoint, WorkerLost
+from rayrl.checkpoint.format import M_STEP, M_TOTAL_BYTES, MANIFEST_FILE, TRACKER_FILE, TRAINER_STATE_FILE
+from rayrl.checkpoint.layout import CheckpointDir, parse_step
+from rayrl.checkpoint.manifest import build_manifest, is_dcp_data, verify_checkpoint, write_manifest
 from rayrl.checkpoint.retention import select_steps_to_delete
 from rayrl.checkpoint.safe_io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-TRAINER_STATE_FILE = "trainer_state.json"
 Digests = dict[str, dict]
 
 
@@ -61,10 +56,11 @@ class Participant(Protocol):
 @runtime_checkable
 class CheckpointManager(Protocol):
     """What the runtime needs from a checkpoint manager; built as ``Cls(config, checkpoint_dir)`` in the
-    coordinator. ``config`` is ``runner.checkpoint``: an instance of the class's optional ``config_class``
-    attribute (a dataclass subclassing ``rayrl.config.CheckpointConfig``, whose extra keys the config loader
-    then accepts), else of ``CheckpointConfig``. Errors that mean workers are gone (``rayrl.failures.
-    InfraFailure``) must propagate unchanged from every method, so that the runtime recovers."""
+    coordinator (``rayrl.managers``). ``config`` is ``runner.checkpoint``: an instance of the class's optional
+    ``config_class`` attribute (a dataclass subclassing ``rayrl.config.CheckpointConfig`` that adds the
+    manager's keys), else of ``CheckpointConfig``. Errors that mean workers are gone (``WorkerLost``, e.g. the
+    runtime's ``rayrl.failures.InfraFailure``) must propagate unchanged from every method, so that the
+    runtime recovers."""
 
     def prepare(self, resume_dir: str | None, resume_mode: str, restarted: bool) -> str | None:
         """Decide where to start: the step directory to load, or None for a fresh start."""
@@ -98,18 +94,16 @@ class _Pending:
     participants: list[Participant]
     digests: Digests = field(default_factory=dict)
     waiting: list[Participant] = field(default_factory=list)
-    export: Future | None = None  # the periodic HF export into the step, once the participants are done
 
 
 class DefaultCheckpointManager:
-    """Atomic per-step directories, async saves, manifest-verified resume, retention from disk,
-    periodic HF exports. Subclasses can act on each committed step through ``on_committed``."""
+    """Atomic per-step directories, async saves, manifest-verified resume, retention from disk.
+    Subclasses can act on each committed step through ``on_committed``."""
 
     def __init__(self, config: Any, checkpoint_dir: str) -> None:
         self.config = config
         self.dir = CheckpointDir(checkpoint_dir)
         self._pending: _Pending | None = None
-        self._exporter: ThreadPoolExecutor | None = None
 
     # -------------------------------------------------------------- where to start
     def prepare(self, resume_dir: str | None, resume_mode: str, restarted: bool) -> str | None:
@@ -127,7 +121,8 @@ class DefaultCheckpointManager:
                 log.info("resume_mode=disable: archived earlier checkpoints into %s", archive)
             return None
         if resume_dir is not None:
-            step = verify_checkpoint(resume_dir, check_checksums=self.config.verify_checksums)["step"]
+            step = verify_checkpoint(resume_dir, check_checksums=self.config.verify_checksums,
+                                     checked_on_load=is_dcp_data)[M_STEP]
             self._supersede_after(step, resume_dir)
             return resume_dir
         return None
@@ -150,11 +145,11 @@ class DefaultCheckpointManager:
                 (self.dir.root / TRACKER_FILE).unlink(missing_ok=True)
 
     def latest(self) -> str | None:
-        found = self.dir.find_resume_point(check_checksums=self.config.verify_checksums)
+        found = self.dir.find_resume_point(check_checksums=self.config.verify_checksums, checked_on_load=is_dcp_data)
         return str(found[1]) if found else None
 
     def list_steps(self) -> list[int]:
-        return [s for s, p in self.dir.list_step_dirs() if (p / "manifest.json").is_file()]
+        return [s for s, p in self.dir.list_step_dirs() if (p / MANIFEST_FILE).is_file()]
 
     # -------------------------------------------------------------- save
     def save(self, step: int, participants: Sequence[Participant], trainer_state: dict[str, Any]) -> None:
@@ -184,7 +179,8 @@ class DefaultCheckpointManager:
 
     def _advance(self, block: bool) -> int | None:
         """Collect finished parts; commit once all are done. A failure drops the step (the previous
-        steps stay as they are) and is raised as a CheckpointError, except a lost worker (recovery's)."""
+        steps stay as they are) and is raised as a CheckpointError, except a lost worker (``WorkerLost``:
+        the runtime recovers from it; it is not a failed save)."""
         pending = self._pending
         if pending is None:
             return None
@@ -194,34 +190,15 @@ class DefaultCheckpointManager:
                 if digests is not None:
                     pending.digests.update(_prefixed(p.name, digests))
                     pending.waiting.remove(p)
-            if pending.waiting or not self._exported(pending, block):
+            if pending.waiting:
                 return None
         except BaseException as err:
             self.abort()
-            if not isinstance(err, Exception) or _is_infrastructure(err):
+            if not isinstance(err, Exception) or isinstance(err, WorkerLost):
                 raise
             raise CheckpointError(pending.temp_dir, f"background save of step {pending.step} failed: "
                                   f"{type(err).__name__}: {err}") from err
         return self._commit()
-
-    def _exported(self, pending: _Pending, block: bool) -> bool:
-        """Whether the step's periodic HF export (``export_hf_every``) is done, starting it in the
-        background once the actor's shards are complete. It lands in ``hf/`` before the manifest is
-        written, so the manifest covers it and retention deletes it with its step."""
-        every = getattr(self.config, "export_hf_every", 0)
-        if not every or pending.step % every:
-            return True
-        if pending.export is None:
-            from rayrl.export import HF_DIR, export_hf
-
-            if self._exporter is None:
-                self._exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayrl-hf-export")
-            pending.export = self._exporter.submit(export_hf, pending.temp_dir, pending.temp_dir / HF_DIR,
-                                                   verify=False)
-        if not block and not pending.export.done():
-            return False
-        pending.export.result()
-        return True
 
     def _commit(self) -> int:
         pending, self._pending = self._pending, None
@@ -233,7 +210,7 @@ class DefaultCheckpointManager:
         except BaseException:
             shutil.rmtree(pending.temp_dir, ignore_errors=True)
             raise
-        log.info("Saved checkpoint %s (%.1f MB)", final, manifest["total_bytes"] / 1e6)
+        log.info("Saved checkpoint %s (%.1f MB)", final, manifest[M_TOTAL_BYTES] / 1e6)
         self._apply_retention(protected={pending.step})
         self.on_committed(pending.step, final)
         return pending.step
@@ -246,8 +223,6 @@ class DefaultCheckpointManager:
     def abort(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
-            if pending.export is not None and not pending.export.cancel():
-                concurrent.futures.wait([pending.export])  # local work: let it finish, not recreate files later
             shutil.rmtree(pending.temp_dir, ignore_errors=True)
             log.warning("Dropped the unfinished save of step %d", pending.step)
 
@@ -273,9 +248,36 @@ class DefaultCheckpointManager:
 
         with open(os.path.join(step_dir, TRAINER_STATE_FILE)) as f:
             state = json.load(f)
-        for p in participants:
-            p.load(os.path.join(step_dir, p.name))
+        try:
+            for p in participants:
+                p.load(os.path.join(step_dir, p.name))
+        except Exception as err:
+            invalid = _invalid_cause(err)
+            if invalid is None:
+                raise
+            self._set_aside(step_dir, invalid)
+            raise invalid from err
         return state
+
+    def _set_aside(self, step_dir: str, err: CheckpointInvalid) -> None:
+        """A step of this run found damaged while loading (its DCP files are checked as they are read)
+        is moved aside like one found damaged at discovery, so that the next ``prepare`` passes over it;
+        only when an older step verifies, else NoValidCheckpoint naming each step (nothing moved)."""
+        path = Path(step_dir)
+        step = parse_step(path.name)
+        if step is None or not _same_path(path.parent, self.dir.root):
+            return
+        reasons = {step: err.reason}
+        for older, older_path in reversed([(s, p) for s, p in self.dir.list_step_dirs() if s < step]):
+            try:  # in full: only a step known good is worth moving this one aside for
+                verify_checkpoint(older_path, check_checksums=self.config.verify_checksums, expected_step=older)
+                break
+            except CheckpointInvalid as e:
+                reasons[older] = e.reason
+        else:  # no valid step to fall back to: nothing moved, no silent fresh start
+            raise NoValidCheckpoint(self.dir.root, reasons) from err
+        aside = self.dir.move_aside(path, step, "corrupt")
+        log.warning("Checkpoint %s is invalid (%s); moved aside to %s", path, err.reason, aside.name)
 
 
 def _same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
@@ -296,8 +298,18 @@ def _started_from(step_dir: str, resume_dir: str) -> bool:
 
 def _checked(step_dir: str | None, check_checksums: bool) -> str | None:
     if step_dir is not None:
-        verify_checkpoint(step_dir, check_checksums=check_checksums)
+        verify_checkpoint(step_dir, check_checksums=check_checksums, checked_on_load=is_dcp_data)
     return step_dir
+
+
+def _invalid_cause(err: BaseException | None) -> CheckpointInvalid | None:
+    """The CheckpointInvalid behind an error from a worker (wrapped by Ray and by the fleet), if any."""
+    for _ in range(8):
+        if err is None or isinstance(err, CheckpointInvalid):
+            return err
+        cause = getattr(err, "cause", None)
+        err = cause if isinstance(cause, BaseException) else err.__cause__
+    return None
 
 
 def _prefixed(name: str, digests: Digests) -> Digests:
@@ -312,62 +324,3 @@ def _read_metrics(step_dir: Path) -> dict[str, Any]:
             return json.load(f).get("metrics", {})
     except (OSError, ValueError):
         return {}
-
-
-def _is_infrastructure(err: BaseException) -> bool:
-    """A lost worker, node or object: the runtime recovers from it; it is not a failed save."""
-    from rayrl.failures import InfraFailure  # imported late: the rest of this module needs no Ray
-
-    return isinstance(err, InfraFailure)
-
-
-MANAGER_KEY = "runner.checkpoint.manager_class"
-
-
-def load_manager_class(path: str | None) -> type:
-    """The manager class named by ``runner.checkpoint.manager_class`` (default when None), checked
-    against the protocol; raises ConfigError naming the class and what is missing."""
-    from rayrl.config import ConfigError
-
-    if path is None:
-        return DefaultCheckpointManager
-    key = MANAGER_KEY
-    if not isinstance(path, str):
-        raise ConfigError(f"{key}: expected a dotted path 'pkg.module.Class' (got {path!r})")
-    module_name, _, cls_name = path.rpartition(".")
-    if not module_name:
-        raise ConfigError(f"{key}: {path!r} is not a dotted path 'pkg.module.Class'")
-    try:
-        cls = getattr(importlib.import_module(module_name), cls_name)
-    except Exception as err:  # noqa: BLE001 -- whatever the user's module raises while importing
-        raise ConfigError(f"{key}: cannot import {path!r}: {type(err).__name__}: {err}") from None
-    if not inspect.isclass(cls):
-        raise ConfigError(f"{key}: {path!r} is not a class")
-    required = [m for m in _protocol_methods() if not callable(getattr(cls, m, None))]
-    if required:
-        raise ConfigError(f"{key}: {path} does not implement the CheckpointManager protocol "
-                         f"(missing: {', '.join(required)})")
-    try:
-        inspect.signature(cls).bind(None, "checkpoints")
-    except TypeError as err:
-        raise ConfigError(f"{key}: {path} cannot be built as {cls_name}(config, checkpoint_dir): {err}") from None
-    except ValueError:  # no signature to inspect (a C extension): trust it
-        pass
-    manager_config_class(cls)
-    return cls
-
-
-def manager_config_class(manager_cls: type) -> type:
-    """The schema of ``runner.checkpoint`` for this manager class: its ``config_class`` (a dataclass
-    subclassing ``rayrl.config.CheckpointConfig`` that adds the manager's own keys), else CheckpointConfig."""
-    from rayrl.config import CheckpointConfig, ConfigError
-
-    schema = getattr(manager_cls, "config_class", CheckpointConfig)
-    if not (inspect.isclass(schema) and issubclass(schema, CheckpointConfig) and dataclasses.is_dataclass(schema)):
-        raise ConfigError(f"{MANAGER_KEY}: {manager_cls.__module__}.{manager_cls.__qualname__}.config_class "
-                          f"must be a dataclass subclassing rayrl.config.CheckpointConfig (got {schema!r})")
-    return schema
-
-
-def _protocol_methods() -> list[str]:
-    return [n for n, v in vars(CheckpointManager).items() if callable(v) and not n.startswith("_")]

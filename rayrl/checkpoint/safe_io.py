@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 from rayrl.checkpoint.errors import CheckpointError
-
-TEMP_PREFIX = ".tmp-"
+from rayrl.checkpoint.format import TEMP_PREFIX
 _MAX_BASE = 200  # keeps temp names under the usual 255-byte name limit
 
 

@@ -6,14 +6,14 @@ whole run (re-created stagers leak host memory; its buffers are the one extra co
 in a background thread on a gloo group of their own (an async save on the training group crashes gloo when
 training collectives run beside it). Staging itself runs in the background too: ``save`` returns at once
 and the caller must call ``wait_staged`` before it changes the state (the next optimizer step), so the
-copy overlaps whatever comes between (the next step's generation on the rollout workers). The
-digests of the written files (for the manifest) are computed in the background too: hashing a large shard
-at the next step boundary would block training for about as long as writing it. All of this runs in threads
-at the lowest CPU priority, so that on a busy node it takes the cycles training leaves idle.
+copy overlaps whatever comes between (the next step's generation on the rollout workers). All of this runs
+in threads at the lowest CPU priority, so that on a busy node it takes the cycles training leaves idle.
+The digests of the written files (for the manifest) are computed as they are written, and a load checks
+them as it reads the files (``rayrl.checkpoint.dcp_io``): neither reads a shard twice.
 
 DCP writes every tensor with ``torch.save``, which by default computes a CRC32 of each zip record: that
-doubled the CPU time of writing a shard (about 0.5 CPU-s per 0.46 GB here), and the manifest's CRC32 of
-every file already covers those bytes. So the process that owns a ``ShardedCheckpointIO`` turns torch's
+doubled the CPU time of writing a shard (README, "Measurements behind design choices"), and the manifest's
+CRC32 of every file already covers those bytes. So the process that owns a ``ShardedCheckpointIO`` turns torch's
 record CRC off (``torch.serialization.set_crc32_options``; ``torch.load`` reads such files as usual).
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import glob
 import logging
 import os
 import shutil
@@ -34,17 +33,16 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
-from rayrl.checkpoint.errors import CheckpointError
-from rayrl.checkpoint.manifest import Digest, file_digest
+from rayrl.checkpoint.dcp_io import DigestingWriter, VerifyingReader
+from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid
+from rayrl.checkpoint.manifest import Digest, file_digest, is_dcp_data, part_digests, same_digest
 
 log = logging.getLogger(__name__)
-
-METADATA_FILE = ".metadata"
 
 
 class ShardedCheckpointIO:
@@ -65,17 +63,21 @@ class ShardedCheckpointIO:
         host copy, reused by every later save), writing and hashing in the background: the caller must
         ``wait_staged`` before changing ``state_dict``'s tensors."""
         self.wait()
-        writer = FileSystemWriter(directory, single_file_per_rank=True, sync_files=True,
-                                  thread_count=self.thread_count)
+        writer = DigestingWriter(directory, single_file_per_rank=True, sync_files=True,
+                                 thread_count=self.thread_count)
         if not async_save:
             with _plain_errors(directory, "write"):
                 dcp.save(state_dict, storage_writer=writer)
             self._pending = Future()
-            self._pending.set_result(self._digests(directory))
+            self._pending.set_result(writer.digests)
             return
+        cuda_devices = {t.device for t in _leaves(state_dict) if isinstance(t, torch.Tensor) and t.is_cuda}
+        for device in cuda_devices:
+            # DCP's stager copies on a stream of its own and synchronises only that one: the kernels that
+            # last wrote these tensors (the optimizer step) must have finished on the compute stream first.
+            torch.cuda.current_stream(device).synchronize()
         if self._stager is None:
-            on_gpu = torch.cuda.is_available() and any(
-                isinstance(t, torch.Tensor) and t.is_cuda for t in _leaves(state_dict))
+            on_gpu = bool(cuda_devices)
             self._stager = DefaultStager(StagingOptions(
                 use_pinned_memory=on_gpu, use_shared_memory=False,
                 use_async_staging=True, use_non_blocking_copy=on_gpu))
@@ -85,7 +87,7 @@ class ShardedCheckpointIO:
         self._staged = staged
         self._pending = self._finisher.submit(self._save_in_background, directory, state_dict, writer, staged)
 
-    def _save_in_background(self, directory: str, state_dict: dict[str, Any], writer: FileSystemWriter,
+    def _save_in_background(self, directory: str, state_dict: dict[str, Any], writer: DigestingWriter,
                             staged: Future[None]) -> dict[str, Digest]:
         """Runs in the low-priority thread: DCP's staging and upload threads start from here and inherit
         its priority, so staging, writing and hashing use the cores training leaves idle."""
@@ -99,7 +101,7 @@ class ShardedCheckpointIO:
             assert isinstance(response, AsyncSaveResponse)  # async staging
             response.staging_completion.add_done_callback(lambda _: staged.set_result(None))
             response.upload_completion.result()
-        return self._digests(directory)
+        return writer.digests
 
     def wait_staged(self) -> float:
         """Block until the save in flight has copied the state out (then it may change); the seconds
@@ -110,9 +112,6 @@ class ShardedCheckpointIO:
         t0 = time.perf_counter()
         concurrent.futures.wait([staged])
         return time.perf_counter() - t0
-
-    def _digests(self, directory: str) -> dict[str, Digest]:
-        return {name: file_digest(os.path.join(directory, name)) for name in self.written_files(directory)}
 
     def done(self) -> bool:
         """True when no save is in flight or the one in flight has finished (successfully or not)."""
@@ -135,17 +134,32 @@ class ShardedCheckpointIO:
         except Exception as err:  # noqa: BLE001 -- nothing depends on this save any more
             log.info("dropped the aborted save in flight: %s", err)
 
-    def written_files(self, directory: str) -> list[str]:
-        """Paths (relative to ``directory``) of the files this rank's DCP save wrote."""
-        names = [os.path.basename(p) for p in glob.glob(os.path.join(directory, f"__{self.rank}_*.distcp"))]
-        if self.rank == 0:
-            names.append(METADATA_FILE)
-        return sorted(names)
-
-    def load(self, directory: str, state_dict: dict[str, Any]) -> None:
-        """Load in place into ``state_dict``'s tensors, resharding to their current layout."""
-        with _plain_errors(directory, "read"):
-            dcp.load(state_dict, storage_reader=FileSystemReader(directory))
+    def load(self, directory: str, state_dict: dict[str, Any], verify: bool = True) -> None:
+        """Load in place into ``state_dict``'s tensors, resharding to their current layout. With ``verify``
+        and ``directory`` part of a committed step, every DCP file is checked against the step's manifest:
+        those this rank reads whole as it reads them, and of the rest the ones this rank is assigned (file i
+        goes to rank i mod world size), so that each file is checked by one rank at least. A damaged file
+        raises ``CheckpointInvalid``."""
+        expected = part_digests(directory) if verify else None
+        if expected is None:
+            with _plain_errors(directory, "read"):
+                dcp.load(state_dict, storage_reader=FileSystemReader(directory))
+            return
+        directory = os.path.normpath(os.path.abspath(directory))
+        step_dir, prefix = os.path.dirname(directory), os.path.basename(directory) + "/"
+        data = sorted(n for n in expected if is_dcp_data(n))
+        reader = VerifyingReader(directory, expected, step_dir, prefix)
+        try:
+            with _plain_errors(directory, "read"):
+                dcp.load(state_dict, storage_reader=reader)
+        except CheckpointInvalid:
+            raise
+        except CheckpointError:  # a damaged file can fail torch.load before its checksum: name the damage
+            _check_files(directory, expected, data, step_dir, prefix)
+            raise
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        mine = {n for i, n in enumerate(data) if i % world == self.rank}
+        _check_files(directory, expected, [n for n in reader.unchecked() if n in mine], step_dir, prefix)
 
     def close(self) -> None:
         try:
@@ -166,6 +180,9 @@ def _plain_errors(directory: str, what: str) -> Iterator[None]:
     try:
         yield
     except CheckpointException as err:
+        invalid = [exc for exc, _ in err.failures.values() if isinstance(exc, CheckpointInvalid)]
+        if invalid:  # a damaged file, found by the rank that read it: the step is not usable
+            raise invalid[0] from None
         causes = "; ".join(f"rank {rank}: {type(exc).__name__}: {exc}" for rank, (exc, _) in err.failures.items())
         note = _full_disk_note(directory)  # first: long messages get shortened at the end
         raise CheckpointError(directory, f"DCP {what} failed{note} ({causes})") from None
@@ -188,12 +205,18 @@ def _full_disk_note(directory: str) -> str:
     return "" if free >= FULL_DISK_BYTES else f": No space left on device ({free} bytes free)"
 
 
+def _check_files(directory: str, expected: dict[str, Digest], names: list[str], step_dir: str,
+                 prefix: str) -> None:
+    for name in names:
+        if not same_digest(file_digest(os.path.join(directory, name)), expected[name]):
+            raise CheckpointInvalid(step_dir, f"checksum mismatch for {prefix}{name}")
+
+
 def _lowest_cpu_priority() -> None:
     """Nice this thread (Linux schedules threads one by one) to the lowest priority: a background save
     then takes mostly CPU time that training leaves idle (generation keeps one worker busy at a time).
     Ray starts its workers at nice 15, so this is a small step down; the idle class (SCHED_IDLE) goes
-    further but measured worse (step time with a save every step 1.35x no saving, against 1.11x), likely
-    because a starved thread holding the GIL or the process's memory-map lock stalls the training thread
+    further but measured worse (README, "Measurements behind design choices"), likely because a starved thread holding the GIL or the process's memory-map lock stalls the training thread
     that waits for it. Elsewhere setpriority would nice the whole process, so it is left alone there."""
     if sys.platform == "linux":
         with contextlib.suppress(OSError):

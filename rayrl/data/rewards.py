@@ -1,4 +1,9 @@
-"""Verifiable reward functions: pure string -> float in [0, 1]."""
+"""Verifiable rewards: pure string -> float in [0, 1] checks, and the built-in tasks' reward functions.
+
+A reward function has the signature every configured one has (``data.reward_fns``):
+``fn(item: dict, response: str, response_ids: list[int]) -> float | dict[str, float]``, where ``item`` is the
+prompt's dataset row. The built-in tasks name theirs here by dotted path and go through the same mechanism.
+"""
 
 from __future__ import annotations
 
@@ -76,3 +81,13 @@ def cyclic_match(response: str, pattern: str, k: int) -> float:
         raise ValueError(f"cyclic_match needs a non-empty pattern and k >= 1, got {pattern!r}, k={k}")
     expected = (pattern * (k // len(pattern) + 1))[:k]
     return sum(r == e for r, e in zip(response[:k], expected)) / k
+
+
+def copy_pattern_reward(item: dict, response: str, response_ids: list[int]) -> float:
+    """copy_pattern / repeat_token: the response repeats ``item["pattern"]`` for ``len(item["answer"])`` chars."""
+    return cyclic_match(response, item["pattern"], len(item["answer"]))
+
+
+def math_answer_reward(item: dict, response: str, response_ids: list[int]) -> float:
+    """jsonl / parquet / hf_dataset: the response's final number equals ``item["answer"]``'s."""
+    return math_exact_match(response, item["answer"])

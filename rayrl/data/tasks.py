@@ -1,7 +1,9 @@
-"""Tasks with verifiable rewards: a dataset of prompt items plus a reward for a response to one item.
+"""Tasks with verifiable rewards: a dataset of prompt items plus the dotted path of the task's built-in reward.
 
-Items are plain dicts of strings ({"prompt", "answer", ...}) so they travel through Ray and checkpoints
-as-is, and every reward is a function of the item and the response text only.
+Items are plain dicts ({"prompt", "answer", ...}: every column of a dataset row) so they travel through Ray
+and checkpoints as-is. A prompt is text or a list of chat messages (rendered on the rollout side). The
+reward of a response is a function of the item and the response (rayrl.data.reward_fns); TASK_REWARDS
+names each task's built-in one, used when the config names none.
 """
 
 from __future__ import annotations
@@ -13,15 +15,14 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from rayrl.data.rewards import cyclic_match, math_exact_match
+from rayrl.data.prompts import prompt_problem
+from rayrl.data.reward_fns import RewardSpec, reward_specs
 
 
 class Task(Protocol):
     name: str
 
     def build_dataset(self, num_samples: int, seed: int) -> list[dict]: ...
-
-    def reward(self, prompt_item: dict, response_text: str) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,6 @@ class CyclicPatternTask:
             items.append({"prompt": f"{shown}:", "answer": answer, "pattern": target})
         return items
 
-    def reward(self, prompt_item: dict, response_text: str) -> float:
-        return cyclic_match(response_text, prompt_item["pattern"], len(prompt_item["answer"]))
-
 
 def _read_jsonl(path: str) -> list[dict]:
     rows = []
@@ -86,11 +84,15 @@ def _load_hf_dataset(path: str) -> list[dict]:
 
 
 @dataclass(frozen=True)
-class MathTask:
-    """Prompt/answer rows from a local jsonl or parquet file or a HF dataset, rewarded by math_exact_match.
+class FileTask:
+    """Rows of a local jsonl or parquet file or a HF dataset; by default rewarded by math_exact_match.
 
-    The whole source is used (data.num_samples only sizes generated datasets) in file order; the loader
-    shuffles. The answer column may be a bare number or a full solution ending in `#### N`.
+    Every column of a row goes into its item (and so to the reward function); the prompt column
+    (data.prompt_key) becomes "prompt" and must be text or chat messages. The answer column
+    (data.answer_key) is required only by the built-in reward (``needs_answer``), which reads it as text: a
+    bare number or a full solution ending in `#### N`. Rows are checked here, before training: a bad one is
+    an error naming the file, the row (1-based) and the key. The whole source is used (data.num_samples only
+    sizes generated datasets) in file order; the loader shuffles.
     """
 
     name: str
@@ -98,21 +100,30 @@ class MathTask:
     prompt_key: str
     answer_key: str
     read: Callable[[str], list[dict]]
+    needs_answer: bool
 
     def build_dataset(self, num_samples: int, seed: int) -> list[dict]:
-        rows = self.read(self.path)
-        items = []
-        for i, row in enumerate(rows):
-            for key, field in ((self.prompt_key, "data.prompt_key"), (self.answer_key, "data.answer_key")):
-                if key not in row:
-                    raise ValueError(f"data.path={self.path!r} row {i} has no column {field}={key!r}")
-            items.append({"prompt": str(row[self.prompt_key]), "answer": str(row[self.answer_key])})
+        items = [self._item(i, row) for i, row in enumerate(self.read(self.path), start=1)]
         if not items:
             raise ValueError(f"data.path={self.path!r} holds no rows")
         return items
 
-    def reward(self, prompt_item: dict, response_text: str) -> float:
-        return math_exact_match(response_text, prompt_item["answer"])
+    def _item(self, row_number: int, row: Any) -> dict:
+        where = f"data.path={self.path!r} row {row_number}"
+        if not isinstance(row, dict):
+            raise ValueError(f"{where} is not an object of columns (got {type(row).__name__})")
+        if self.prompt_key not in row:
+            raise ValueError(f"{where} has no column data.prompt_key={self.prompt_key!r}")
+        problem = prompt_problem(row[self.prompt_key])
+        if problem is not None:
+            raise ValueError(f"{where}: column data.prompt_key={self.prompt_key!r} {problem}")
+        item = {**row, "prompt": row[self.prompt_key]}
+        if self.needs_answer:
+            if self.answer_key not in row:
+                raise ValueError(f"{where} has no column data.answer_key={self.answer_key!r} "
+                                 f"(the built-in reward needs it)")
+            item["answer"] = str(row[self.answer_key])
+        return item
 
 
 def _math_task(
@@ -130,7 +141,8 @@ def _math_task(
                 f"data.path={data_cfg.path!r}: data.task={name} needs the package {' or '.join(needs)};"
                 f" pip install {needs[0]}"
             )
-        return MathTask(name, data_cfg.path, data_cfg.prompt_key, data_cfg.answer_key, read)
+        needs_answer = data_cfg.reward_fns is None and data_cfg.reward_fn is None
+        return FileTask(name, data_cfg.path, data_cfg.prompt_key, data_cfg.answer_key, read, needs_answer)
 
     return make
 
@@ -149,3 +161,15 @@ def get_task(data_cfg: Any) -> Task:
     if data_cfg.task not in TASKS:
         raise ValueError(f"data.task={data_cfg.task!r} is not a known task; known: {', '.join(sorted(TASKS))}")
     return TASKS[data_cfg.task](data_cfg)
+
+
+_MATH = "rayrl.data.rewards:math_answer_reward"
+TASK_REWARDS = {"copy_pattern": "rayrl.data.rewards:copy_pattern_reward",
+                "repeat_token": "rayrl.data.rewards:copy_pattern_reward",
+                "jsonl": _MATH, "parquet": _MATH, "hf_dataset": _MATH}
+
+
+def run_reward_specs(data_cfg: Any) -> list[RewardSpec]:
+    """The rewards of a run: data.reward_fns / data.reward_fn, else the task's built-in one (each loaded and
+    checked: RewardFnError, a ValueError, naming the key). Needs no data, so every scoring process calls it."""
+    return reward_specs(data_cfg, TASK_REWARDS[data_cfg.task])

@@ -1,5 +1,5 @@
-"""Generation engines behind one small interface (see base.py)."""
+"""Generation engines behind one small interface (see base.py); the rollout worker picks one."""
 
-from rayrl.engines.base import GenerationEngine, Rollouts, make_engine
+from rayrl.engines.base import GenerationEngine, Rollouts
 
-__all__ = ["GenerationEngine", "Rollouts", "make_engine"]
+__all__ = ["GenerationEngine", "Rollouts"]

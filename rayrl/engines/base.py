@@ -1,4 +1,4 @@
-"""The interface every generation engine implements, and the factory that picks one.
+"""The interface every generation engine implements.
 
 A rollout worker owns one engine. The engine owns all randomness sampling depends on, so that a
 checkpoint of ``state_dict()`` plus the policy weights is enough to continue sampling bit-exactly.
@@ -22,6 +22,7 @@ class Rollouts:
     response_mask: torch.Tensor  # [N, R] 1 up to and including the first eos
     response_texts: list[str]
     pad_id: int
+    scores: list[dict[str, float]] | None = None  # per sample, when scored where generated (rayrl.data.scoring)
 
     @staticmethod
     def concat(parts: list["Rollouts"]) -> "Rollouts":
@@ -44,6 +45,7 @@ class Rollouts:
             response_mask=torch.cat([pad(p.response_mask, r_len, 0, False) for p in parts]),
             response_texts=[t for p in parts for t in p.response_texts],
             pad_id=pad_id,
+            scores=None if any(p.scores is None for p in parts) else [s for p in parts for s in p.scores],
         )
 
 
@@ -64,17 +66,3 @@ class GenerationEngine(Protocol):
 
     def reseed(self, seed: int) -> None:
         """Start sampling from ``seed``: a worker that a checkpoint holds no state for (more workers now)."""
-
-
-def make_engine(cfg: Any, worker_index: int) -> GenerationEngine:
-    """Build the engine named by ``cfg.rollout.backend``."""
-    backend = cfg.rollout.backend
-    if backend == "hf":
-        from rayrl.engines.hf import HFEngine
-
-        return HFEngine(cfg, worker_index)
-    if backend == "vllm":
-        from rayrl.engines.vllm import VLLMEngine
-
-        return VLLMEngine(cfg, worker_index)
-    raise ValueError(f"rollout.backend: unknown engine {backend!r} (known: hf, vllm)")

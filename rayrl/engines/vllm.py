@@ -12,7 +12,7 @@ Why it is built this way:
   weight-loading path) from tensors in memory. Nothing is written to or re-read from disk per sync.
 - Every sample has its own seed, a pure function of (run seed, worker index, step, sample index): sampling
   depends on no hidden RNG stream, so a step generated again after a resume draws the same samples
-  wherever vLLM's forward pass is deterministic (measured on CPU: tests/vllm/test_vllm_run.py).
+  wherever vLLM's forward pass is deterministic (checked on CPU: tests/vllm_env/test_vllm_run.py).
 - The model's generation_config is ignored (``generation_config="vllm"``): the sampling settings are
   exactly those of the rollout config, which the policy-gradient ratios assume.
 """
@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from rayrl.algorithms.grpo import response_mask_from
 from rayrl.engines.base import Rollouts
+from rayrl.tensors import response_mask_from
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 CPU_KV_CACHE_BYTES = 512 << 20  # CPU KV cache; vLLM's VLLM_CPU_KVCACHE_SPACE (GiB) overrides it
 CPU_MAX_MODEL_LEN = 4096  # keeps a long-context model's one-request minimum inside that cache
 GPU_MEMORY_FRACTION = 0.85  # of this worker's GPU share, leaving room for the CUDA context and others
+# A shared GPU (num_gpus_per_worker < 1): vLLM would size the KV cache from the device's free-memory change
+# while it profiles, which counts the other processes' allocations (the co-located trainer, other engines
+# starting at the same time); so the cache gets a fixed part of this engine's share and profiling is skipped.
+SHARED_GPU_KV_CACHE_FRACTION = 0.25  # of this engine's share of the device's total memory
 
 
 def request_seed(run_seed: int, worker_index: int, step: int, sample_index: int) -> int:
@@ -97,7 +101,9 @@ class VLLMEngine:
         self.sleep_enabled = on_gpu and rollout.num_gpus_per_worker < 1
         self.asleep: list[str] = []  # the vLLM memory tags now released
         args: dict[str, Any] = dict(
-            dtype=model_cfg.dtype, seed=cfg.runner.seed, skip_tokenizer_init=True,
+            # the dtype the actor computes in: bfloat16 under actor.mixed_precision (weights arrive in float32)
+            dtype="bfloat16" if cfg.actor.mixed_precision else model_cfg.dtype,
+            seed=cfg.runner.seed, skip_tokenizer_init=True,
             trust_remote_code=model_cfg.trust_remote_code, generation_config="vllm",
             tensor_parallel_size=rollout.tensor_parallel_size,
             distributed_executor_backend="mp" if rollout.tensor_parallel_size > 1 else "uni",
@@ -106,6 +112,10 @@ class VLLMEngine:
         if on_gpu:
             args.update(gpu_memory_utilization=GPU_MEMORY_FRACTION * min(1.0, rollout.num_gpus_per_worker),
                         enable_sleep_mode=self.sleep_enabled)
+            if self.sleep_enabled:
+                total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+                share = rollout.num_gpus_per_worker * total
+                args.update(kv_cache_memory_bytes=int(SHARED_GPU_KV_CACHE_FRACTION * share))
         else:
             args.update(kv_cache_memory_bytes=CPU_KV_CACHE_BYTES)
         if model_cfg.path is None:
@@ -153,10 +163,14 @@ class VLLMEngine:
                     n=1, temperature=self.temperature, top_p=self.top_p, top_k=0,
                     max_tokens=self.max_new_tokens, stop_token_ids=[self.eos_id], detokenize=False,
                     seed=request_seed(self.run_seed, self.worker_index, step, i * n + j)))
+        if "weights" in self.asleep:
+            raise RuntimeError("vLLM engine: generate before load_weights; its weights were dropped by sleep")
         self._wake(self.asleep)
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         if self.sleep_enabled:
-            self.llm.sleep(level=1)  # weights to host memory, KV cache dropped, until the next sync
+            # Level 2 drops the weights instead of copying them to host memory (level 1) and back on waking:
+            # every wake here is followed by a weight sync that overwrites them anyway.
+            self.llm.sleep(level=2)
             self.asleep = ["weights", "kv_cache"]
         response = torch.full((len(outputs), self.max_new_tokens), self.pad_id, dtype=torch.long)
         for row, out in enumerate(outputs):

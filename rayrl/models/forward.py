@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rayrl.algorithms.grpo import token_logprobs
+from rayrl.tensors import token_logprobs
 
 
 def response_logprobs(

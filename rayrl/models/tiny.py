@@ -11,6 +11,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrai
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0..3, in this order
 # A fixed alphabet, so ids never depend on data: letters, digits, space, newline and ASCII punctuation.
+# A minimal chat template, so that chat-message prompts work with the built-in model: one "role: content" line
+# per message, then "assistant: " when the assistant's turn is opened.
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant: {% endif %}")
 ALPHABET = string.ascii_lowercase + string.ascii_uppercase + string.digits + " \n" + string.punctuation
 
 
@@ -30,6 +34,7 @@ def build_tokenizer(save_dir: str | None = None) -> PreTrainedTokenizerFast:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK, padding_side="left"
     )
+    tokenizer.chat_template = CHAT_TEMPLATE
     if save_dir is not None:
         tokenizer.save_pretrained(save_dir)
     return tokenizer

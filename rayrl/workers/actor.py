@@ -1,8 +1,9 @@
 """ActorWorker: one rank of the policy being trained (FSDP2 over a torch.distributed group).
 
 The coordinator imports this module for the class alone, on the path of every (re)start. FSDP and
-torch.distributed.checkpoint (DTensor pulls in sympy: ~1.4 s of imports) are imported in the methods that
-use them, in the actor processes, so that the coordinator creates the workers that much sooner.
+torch.distributed.checkpoint (DTensor pulls in sympy, a slow import) are imported in the methods that use
+them, in the actor processes, so that the coordinator creates the workers sooner (README, "Measurements
+behind design choices").
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 import torch.distributed as dist
 
 from rayrl.algorithms.grpo import policy_loss
-from rayrl.checkpoint.manifest import file_digest
+from rayrl.checkpoint.format import MODEL_KEY, OPTIMIZER_KEY, extra_state_file
+from rayrl.checkpoint.manifest import digest_tree, file_digest
 from rayrl.checkpoint.errors import CheckpointInvalid
 from rayrl.checkpoint.rng import capture_rng_state, derived_seed, restore_rng_state, seed_rng_state
 from rayrl.checkpoint.safe_io import load_torch, save_torch
@@ -25,10 +27,6 @@ from rayrl.models.forward import response_logprobs
 from rayrl.workers.base import WorkerBase
 
 log = logging.getLogger(__name__)
-
-MODEL_KEY = "model"
-OPTIMIZER_KEY = "optimizer"
-EXTRA_STATE_FILE = "extra_state_rank_{rank}.pt"
 
 
 class ActorWorker(WorkerBase):
@@ -44,8 +42,7 @@ class ActorWorker(WorkerBase):
         from rayrl.workers.policy import build_optimizer, build_scheduler, build_sharded_policy
 
         cfg = self.cfg
-        use_cuda = cfg.actor.num_gpus_per_worker > 0
-        self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        use_cuda = self.device.type == "cuda"
         dist.init_process_group(
             backend="cpu:gloo,cuda:nccl" if use_cuda else "gloo",
             init_method=f"tcp://{master_addr}:{master_port}",
@@ -53,9 +50,10 @@ class ActorWorker(WorkerBase):
             # the collectives of a checkpoint load or save may take as long as its own bound allows
             timeout=datetime.timedelta(seconds=max(60.0, cfg.runner.step_timeout_s,
                                                    cfg.runner.checkpoint.timeout_s)),
+            device_id=self.device if use_cuda else None,  # NCCL binds this device and connects eagerly
         )
-        self.model, self.tokenizer = build_sharded_policy(cfg.actor.model, cfg.runner.seed,
-                                                          self.world_size, self.device)
+        self.model, self.tokenizer = build_sharded_policy(cfg.actor.model, cfg.runner.seed, self.world_size,
+                                                          self.device, cfg.actor.mixed_precision)
         self.optimizer = build_optimizer(self.model, cfg.actor.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.actor.optim, cfg.runner.max_steps)
         self.ckpt = ShardedCheckpointIO(self.rank, dist.new_group(backend="gloo"))
@@ -92,6 +90,7 @@ class ActorWorker(WorkerBase):
             self.optimizer.step()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
+        self._release_cached_memory()
         norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         scale = 1.0 / acfg.ppo_epochs
         return {**{k: v * scale for k, v in sums.items()}, "grad_norm": float(norm), "lr": lr,
@@ -106,7 +105,40 @@ class ActorWorker(WorkerBase):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        self._release_cached_memory()
         return sd if self.rank == 0 else None
+
+    def export_hf(self, directory: str) -> dict[str, dict]:
+        """Write the policy as a Hugging Face model directory, every rank its own shards in parallel (a
+        collective); rank 0 adds the config and tokenizer and returns the digests of every file, the others
+        nothing. Reads the weights only: an async save still staging them is unaffected."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        from rayrl.checkpoint.hf import save_hf_weights
+
+        save_hf_weights(get_model_state_dict(self.model), directory, self.rank, tied=self._tied_names())
+        if self.rank != 0:
+            return {}
+        self.model.config.save_pretrained(directory)
+        self.model.generation_config.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return digest_tree(directory)
+
+    def _tied_names(self) -> set[str]:
+        """The second and later names of a parameter shared under several names (tied embeddings)."""
+        names: dict[int, list[str]] = {}
+        for name, param in self.model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(param), []).append(name)
+        return {name for same in names.values() for name in same[1:]}
+
+    def _release_cached_memory(self) -> None:
+        """On a GPU shared with engines (a fractional rollout or reference share), hand the allocator's
+        cached blocks back after training and after the weight gather, so that the engines can use them."""
+        cfg = self.cfg
+        engines = [cfg.rollout, cfg.reference] if cfg.reference.enabled else [cfg.rollout]
+        shared = [r for r in engines if 0 < r.num_gpus_per_worker < 1]
+        if self.device.type == "cuda" and shared:
+            torch.cuda.empty_cache()
 
     # ---------------------------------------------------------------- checkpoint
     def _dcp_state(self) -> dict[str, Any]:
@@ -121,7 +153,7 @@ class ActorWorker(WorkerBase):
         # The schedule itself is not saved (the config that resumes defines it): only its step count.
         extra = {"rng": capture_rng_state(), "lr_scheduler": {"last_epoch": self.scheduler.last_epoch},
                  "world_size": self.world_size}
-        extra_name = EXTRA_STATE_FILE.format(rank=self.rank)
+        extra_name = extra_state_file(self.rank)
         save_torch(extra, os.path.join(directory, extra_name))
         self._extra_digest = {extra_name: file_digest(os.path.join(directory, extra_name))}
         self._save_digests = None
@@ -155,12 +187,11 @@ class ActorWorker(WorkerBase):
         from rayrl.checkpoint.compat import model_mismatch
         from rayrl.workers.policy import apply_optimizer_config, build_scheduler
 
-        missing = [name for name in (EXTRA_STATE_FILE.format(rank=r) for r in range(saved_world_size))
-                   if not os.path.exists(os.path.join(directory, name))]
+        missing = [r for r in range(saved_world_size) if not os.path.exists(os.path.join(directory, extra_state_file(r)))]
         if missing:
-            first = int(missing[0].rsplit("_", 1)[1].split(".")[0])
-            raise CheckpointInvalid(directory, f"missing {', '.join(missing)}: actor rank {first} of the "
-                                    f"{saved_world_size} saved has no extra state (RNG, LR step) to load")
+            raise CheckpointInvalid(directory, f"missing {', '.join(extra_state_file(r) for r in missing)}: actor "
+                                    f"rank {missing[0]} of the {saved_world_size} saved has no extra state "
+                                    "(RNG, LR step) to load")
         self.ckpt.wait_staged()  # a save in flight must have copied the tensors out before they are loaded into
         state = self._dcp_state()
         # Read the metadata safely and check the shapes before DCP's own (unrestricted) unpickling and its
@@ -172,11 +203,11 @@ class ActorWorker(WorkerBase):
             key = ("runner.resume_dir" if explicit and os.path.realpath(explicit) == os.path.realpath(step_dir)
                    else "actor.model")
             raise ConfigError(f"{key}: checkpoint {step_dir} does not fit actor.model: {mismatch}")
-        self.ckpt.load(directory, state)
+        self.ckpt.load(directory, state, verify=self.cfg.runner.checkpoint.verify_checksums)
         set_state_dict(self.model, self.optimizer,
                        model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIMIZER_KEY])
         own = self.rank < saved_world_size
-        extra = load_torch(os.path.join(directory, EXTRA_STATE_FILE.format(rank=self.rank if own else 0)))
+        extra = load_torch(os.path.join(directory, extra_state_file(self.rank if own else 0)))
         apply_optimizer_config(self.optimizer, self.cfg.actor.optim)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.actor.optim, self.cfg.runner.max_steps,
                                          steps_done=int(extra["lr_scheduler"]["last_epoch"]))

@@ -6,15 +6,11 @@ import logging
 import os
 import signal
 import socket
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-# TEST-ONLY fault hook (tests/test_recovery_*.py): a rollout worker hangs in these steps (comma-separated),
-# each once per run.
-TEST_HANG_ENV = "RAYRL_TEST_HANG_AT_STEP"
+from rayrl.workers.devices import use_deterministic_kernels, worker_device
 
 
 class WorkerBase:
@@ -27,8 +23,9 @@ class WorkerBase:
         torch.set_num_threads(int(os.environ.get("RAYRL_WORKER_THREADS", "1")))
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         self.preemption_notice = False
-        if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES"):
-            torch.cuda.set_device(0)
+        if cfg.runner.deterministic:
+            use_deterministic_kernels()  # before the first CUDA call
+        self.device = worker_device(f"{role}.num_gpus_per_worker", getattr(cfg, role).num_gpus_per_worker)
         try:
             signal.signal(signal.SIGTERM, self._on_sigterm)  # replaces Ray's handler, which would exit
         except ValueError:  # not the main thread (threaded actors): no notice handling
@@ -53,16 +50,3 @@ class WorkerBase:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((host, 0))
             return host, s.getsockname()[1]
-
-    def test_fault_hook(self, step: int) -> None:
-        """TEST-ONLY: with RAYRL_TEST_HANG_AT_STEP=N[,M...] in the environment, hang forever in step N (and M...),
-        once per run directory (a marker file), so that a test can show runner.step_timeout_s catching a hang or
-        kill a run at a known step."""
-        if str(step) not in os.environ.get(TEST_HANG_ENV, "").split(","):
-            return
-        try:
-            (Path(self.cfg.runner.log_path) / f".test-hang-{step}").open("x").close()
-        except FileExistsError:
-            return
-        while True:
-            time.sleep(3600)

@@ -10,19 +10,40 @@ from typing import Any
 
 import torch
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 
-def build_sharded_policy(model_cfg: Any, seed: int, world_size: int, device: torch.device):
-    """Load the policy (identical on every rank), then shard each decoder layer and the root with FSDP2."""
+def build_sharded_policy(model_cfg: Any, seed: int, world_size: int, device: torch.device,
+                         mixed_precision: bool = False):
+    """The policy sharded with FSDP2 (each decoder layer, then the root) over the default process group.
+
+    Built on the meta device, sharded, and only then allocated: each rank holds its shards on ``device``,
+    never the full model (about 28 GB in float32 for a 7B model). Rank 0 alone loads the weights (on the
+    host) and broadcasts them into the shards. ``mixed_precision``: the float32 parameters stay the master
+    copy (sharded, updated by the optimizer); FSDP2 gathers them as bfloat16 for compute and reduces
+    gradients in float32."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
     from rayrl.models.loading import load_model_and_tokenizer  # transformers: only in worker processes
 
-    model, tokenizer = load_model_and_tokenizer(model_cfg, seed)
-    model.to(device)
+    model, tokenizer = load_model_and_tokenizer(model_cfg, seed, on_meta=True)
     mesh = init_device_mesh(device.type, (world_size,))
+    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision
+              else MixedPrecisionPolicy())
     for layer in _decoder_layers(model):
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    model.to_empty(device=device)
+    full = load_model_and_tokenizer(model_cfg, seed)[0] if dist.get_rank() == 0 else None
+    set_model_state_dict(model, full.state_dict() if full is not None else {},
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    # Buffers that are not in the state dict (rotary inverse frequencies) are still uninitialised: rank 0's.
+    sources = dict(full.named_buffers()) if full is not None else {}
+    for name, buffer in model.named_buffers():
+        if full is not None:
+            buffer.copy_(sources[name])
+        dist.broadcast(buffer, src=0)
     return model, tokenizer
 
 

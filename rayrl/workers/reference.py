@@ -17,9 +17,8 @@ class ReferenceWorker(WorkerBase):
         super().__init__(cfg, role="reference", index=index)
         from rayrl.models.loading import load_model_and_tokenizer  # transformers: only in this process
 
-        device = torch.device("cuda" if cfg.reference.num_gpus_per_worker > 0 else "cpu")
         self.model, _ = load_model_and_tokenizer(cfg.actor.model, cfg.runner.seed)
-        self.model.to(device).eval().requires_grad_(False)
+        self.model.to(self.device).eval().requires_grad_(False)
 
     @torch.no_grad()
     def logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -8,23 +8,36 @@ from typing import Any
 import torch
 
 from rayrl.checkpoint.errors import CheckpointInvalid
+from rayrl.checkpoint.format import rollout_state_file
 from rayrl.checkpoint.manifest import file_digest
 from rayrl.checkpoint.rng import derived_seed
 from rayrl.checkpoint.safe_io import load_torch, save_torch
-from rayrl.engines import Rollouts, make_engine
+from rayrl.data.prompts import render_prompt
+from rayrl.data.scoring import Scorer
+from rayrl.engines import GenerationEngine, Rollouts
 from rayrl.workers.base import WorkerBase
-
-STATE_FILE = "worker_{index}.pt"
 
 
 class RolloutWorker(WorkerBase):
     def __init__(self, cfg: Any, index: int) -> None:
         super().__init__(cfg, role="rollout", index=index)
         self.engine = make_engine(cfg, index)
+        self.scorer = None  # data.reward_workers null: this worker scores what it generates
+        if cfg.data.reward_workers is None:
+            from rayrl.data.tasks import run_reward_specs
 
-    def generate(self, prompts: list[str], n: int, step: int) -> Rollouts:
-        self.test_fault_hook(step)  # TEST-ONLY hang injection; a no-op unless RAYRL_TEST_HANG_AT_STEP is set
-        return self.engine.generate(prompts, n, step)
+            self.scorer = Scorer(run_reward_specs(cfg.data), cfg.data.reward_timeout_s, cfg.runner.seed)
+
+    def generate(self, items: list[dict], n: int, step: int, first: int) -> Rollouts:
+        """``n`` responses to each prompt item (its prompt rendered with the tokenizer's chat template when it
+        is chat messages), scored here when this worker scores; ``first``: the index of its first sample in
+        the step."""
+        prompts = [render_prompt(item["prompt"], self.engine.tokenizer) for item in items]
+        rollouts = self.engine.generate(prompts, n, step)
+        if self.scorer is not None:
+            ids = [row[mask.bool()].tolist() for row, mask in zip(rollouts.response_ids, rollouts.response_mask)]
+            rollouts.scores = self.scorer.score(items, rollouts.response_texts, ids, n, step, first)
+        return rollouts
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.engine.load_weights(state_dict)
@@ -32,7 +45,7 @@ class RolloutWorker(WorkerBase):
     def save_checkpoint(self, directory: str) -> dict[str, dict]:
         """Write the engine's sampling state; returns the digest of the file written."""
         os.makedirs(directory, exist_ok=True)
-        name = STATE_FILE.format(index=self.index)
+        name = rollout_state_file(self.index)
         save_torch(self.engine.state_dict(), os.path.join(directory, name))
         return {name: file_digest(os.path.join(directory, name))}
 
@@ -40,7 +53,7 @@ class RolloutWorker(WorkerBase):
         """Restore the engine's sampling state. A worker the checkpoint was saved with must find its file
         (else CheckpointInvalid); one beyond ``saved_workers`` (more workers than were saved) has none, and
         its engine is seeded with ``derived_seed(seed, "rollout", index, step)``."""
-        name = STATE_FILE.format(index=self.index)
+        name = rollout_state_file(self.index)
         path = os.path.join(directory, name)
         if self.index >= saved_workers:
             self.engine.reseed(derived_seed(self.cfg.runner.seed, "rollout", self.index, step))
@@ -49,3 +62,17 @@ class RolloutWorker(WorkerBase):
                                     f"{saved_workers} saved has no sampling state to load")
         else:
             self.engine.load_state_dict(load_torch(path))
+
+
+def make_engine(cfg: Any, worker_index: int) -> GenerationEngine:
+    """The engine named by ``cfg.rollout.backend`` (imported here: vLLM is an optional extra)."""
+    backend = cfg.rollout.backend
+    if backend == "hf":
+        from rayrl.engines.hf import HFEngine
+
+        return HFEngine(cfg, worker_index)
+    if backend == "vllm":
+        from rayrl.engines.vllm import VLLMEngine
+
+        return VLLMEngine(cfg, worker_index)
+    raise ValueError(f"rollout.backend: unknown engine {backend!r} (known: hf, vllm)")

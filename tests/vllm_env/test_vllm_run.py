@@ -3,9 +3,9 @@ recovered from inside the job, and the same job SIGKILLed later resumes with the
 interrupted run is compared with the uninterrupted one bit for bit: weights and per-step rewards (vLLM's CPU
 forward pass is deterministic and every sample has its own seed, see rayrl/engines/vllm.py).
 
-Timing: a step takes ~0.2 s here, so a run would finish before a test could kill it. The test-only hang hook
-(RAYRL_TEST_HANG_AT_STEP, rayrl/workers/base.py) parks the rollout worker at the start of given steps, once per
-run directory: each kill lands at a known step, after a known checkpoint."""
+A run would finish before a test could kill it, so the test-only hang hook (tests/hang_hook, through
+tests.support.hang_env) parks the rollout worker at the start of given steps, once per run directory: each
+kill lands at a known step, after a known checkpoint."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ pytestmark = pytest.mark.vllm
 import psutil  # noqa: E402 - a vLLM dependency
 
 from tests.support import (  # noqa: E402
-    assert_same_weights, env_for_tests, final_weights, kill_session, read_events, rewards, run_dir,
-    run_rayrl, spawn_rayrl, tracker_step, wait_until,
+    assert_same_weights, final_weights, hang_env, kill_session, read_events, rewards, run_dir, run_rayrl,
+    spawn_rayrl, tracker_step, wait_until,
 )
 
 STEPS = 12
@@ -71,7 +71,7 @@ def test_sigkill_of_the_vllm_worker_then_of_the_job_resumes_bit_exactly(referenc
     """One run, two kills: the vLLM rollout worker parked in step 5 (after the checkpoint of step 3) is
     recovered inside the job; the whole job, parked in step 8 (after step 6's), is resumed by the same
     command. One run instead of two keeps this stage short; each kill still has its own checks."""
-    proc = spawn_rayrl(tmp_path, *RUN, env=env_for_tests(RAYRL_TEST_HANG_AT_STEP="5,8"))
+    proc = spawn_rayrl(tmp_path, *RUN, env=hang_env("5,8"))
     try:
         _wait_parked(proc, tmp_path, 5)
         assert tracker_step(tmp_path) == 3

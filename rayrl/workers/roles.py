@@ -1,0 +1,48 @@
+"""The worker roles of a run, as one table: what the fleet builds for each role and how.
+
+A role's properties (its class, how many workers, how they are placed, what each reserves, what its
+constructor gets) live here and nowhere else; the fleet iterates the table. A new role property (standbys,
+an elastic minimum size, colocated placement) is a field of ``RoleSpec``, not a branch in the fleet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from rayrl.workers.actor import ActorWorker
+from rayrl.workers.reference import ReferenceWorker
+from rayrl.workers.rollout import RolloutWorker
+
+ACTOR, ROLLOUT, REFERENCE = "actor", "rollout", "reference"
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """One role. ``size(cfg)`` workers of ``cls``, one per placement-group bundle of the role's config
+    section resources (``num_cpus_per_worker``, ``num_gpus_per_worker``), placed with ``strategy``;
+    worker i is built as ``cls(*args(cfg, i, size))``. ``process_group``: the workers join one
+    torch.distributed group (``setup(master_addr, master_port)``) once they are all up."""
+
+    name: str
+    cls: type
+    size: Callable[[Any], int]
+    args: Callable[[Any, int, int], tuple]
+    strategy: str = "PACK"
+    enabled: Callable[[Any], bool] = lambda cfg: True
+    process_group: bool = False
+
+    def resources(self, cfg: Any) -> tuple[float, float]:
+        """CPUs and GPUs that each worker of this role reserves."""
+        section = getattr(cfg, self.name)
+        return section.num_cpus_per_worker, section.num_gpus_per_worker
+
+
+ROLES: tuple[RoleSpec, ...] = (
+    RoleSpec(ACTOR, ActorWorker, size=lambda cfg: cfg.actor.world_size,
+             args=lambda cfg, rank, size: (cfg, rank, size), process_group=True),
+    RoleSpec(ROLLOUT, RolloutWorker, size=lambda cfg: cfg.rollout.num_workers,
+             args=lambda cfg, index, size: (cfg, index), strategy="SPREAD"),
+    RoleSpec(REFERENCE, ReferenceWorker, size=lambda cfg: 1, args=lambda cfg, index, size: (cfg, index),
+             enabled=lambda cfg: cfg.reference.enabled),
+)
