@@ -21,7 +21,7 @@ def _worker(index: int) -> RolloutWorker:
 
 def test_a_missing_rollout_state_is_an_error_and_an_extra_worker_follows_the_seed_rule(tmp_path):
     saved = _worker(0)
-    saved.generate(["ab"], 2, 1)  # the generator moves on from its seed
+    saved.engine.generate(["ab"], 2, 1)  # the generator moves on from its seed
     directory = str(tmp_path / "rollout")
     saved.save_checkpoint(directory)
     (tmp_path / "rollout/worker_0.pt").unlink()
