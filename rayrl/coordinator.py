@@ -176,8 +176,8 @@ class Coordinator:
         except NoValidCheckpoint as err:
             raise self._no_valid(err) from None
         except OSError as err:
-            raise InfraFailure(WorkerId("checkpoint storage"), f"{type(err).__name__} reading the checkpoints: {err} "
-                               "(an I/O error, not a damaged checkpoint: nothing moved aside)") from err
+            raise InfraFailure(WorkerId("checkpoint storage"), f"{type(err).__name__} reading the checkpoints: "
+                               f"{err} (an I/O error, not a damaged checkpoint: nothing moved aside)") from err
 
     def _no_valid(self, err: NoValidCheckpoint) -> ConfigError:
         """Checkpoints exist and none verifies: said in events.jsonl, and a config error (exit 2) naming every
