@@ -23,7 +23,7 @@ from tests.support import (
     wait_running,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # five driver starts, three of them cold
 
 
 def _run_main(tmp_path):
