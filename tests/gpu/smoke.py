@@ -219,7 +219,7 @@ class Suite:
             actor.shutdown()
         fresh = new_actor(cfg)
         try:
-            fresh.load_checkpoint(str(ckpt / "s2"))
+            fresh.load_checkpoint(str(ckpt / "s2"), saved_world_size=1, step=2)
             bad = same(at_save, full_weights(fresh), exact=True)
             assert not bad, f"loaded weights differ from the state at save time: {bad[:3]}"
             again = fresh.train_step(self.batch)["loss"]
@@ -262,7 +262,7 @@ class Suite:
         assert not torch.equal(a1, a2), "the same samples in two steps"
         assert not torch.equal(a1, b1), "the same samples on two workers"
         resumed = RolloutWorker(cfg, 0)
-        resumed.load_checkpoint(str(self.work / "rollout"))
+        resumed.load_checkpoint(str(self.work / "rollout"), saved_workers=1, step=0)
         r1, r2 = sample(resumed, 1), sample(resumed, 2)
         assert torch.equal(r1, a1) and torch.equal(r2, a2), "a resumed worker draws other samples"
         return "new noise per step and per worker; resume reproduces"
