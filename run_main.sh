@@ -8,7 +8,9 @@
 # Exit status: the driver's. 0 (done), 2 (bad config or usage), 3 (a program error: relaunching would only
 # repeat it) and 130 (interrupted by the user) are final; any other status, a death by a signal included, is
 # relaunched with runner.resume_mode=auto, at most $RAYRL_MAX_JOB_RESTARTS times (default 3). SIGINT/SIGTERM
-# sent to this script are a stop the user asked for: forwarded to the driver, waited for, never relaunched.
+# sent to this script are a stop the user (or a scheduler) asked for: forwarded to the driver, waited for,
+# never relaunched. On SIGTERM the driver checkpoints at the next step boundary and exits 75, and so does
+# this script: the same command later resumes from that step.
 set -euo pipefail
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")"
 source scripts/setup_env.sh

@@ -57,7 +57,8 @@ class RankOps:
         return self.worker.ckpt.wait_staged()
 
     def load_checkpoint(self, directory: str) -> None:
-        self.worker.load_checkpoint(directory)
+        # saved by these same ranks: each has its own state (the step seeds only ranks beyond the saved ones)
+        self.worker.load_checkpoint(directory, saved_world_size=self.worker.world_size, step=0)
 
     # the disk itself: this rank's share of the bytes, one file per rank, fsynced
     def disk_save(self, directory: str) -> None:

@@ -101,6 +101,7 @@ class CheckpointConfig:
     manager_class: Optional[str] = None  # dotted path "pkg.module.Class" of a custom CheckpointManager
     verify_checksums: bool = True  # verify manifest checksums on resume (DCP shards as the actor ranks read them)
     export_hf_every: int = _field(0, _ge(0))  # also export a HF model dir every N steps; 0 = never
+    timeout_s: float = _field(1800.0, _gt(0))  # bound on a checkpoint load, save or wait (not the step's)
 
 
 @dataclass
@@ -336,6 +337,29 @@ def validate(cfg: RayRLConfig) -> None:
 def config_to_dict(cfg: RayRLConfig) -> dict[str, Any]:
     """The config as plain JSON-able data (for trainer_state.json)."""
     return dataclasses.asdict(cfg)
+
+
+# Keys a resumed run may set differently from its checkpoint without it being a change of the training:
+# where the run writes and how it was started.
+RESUME_EXEMPT_KEYS = ("runner.experiment_name", "runner.output_dir", "runner.log_path", "runner.resume_dir",
+                      "runner.resume_mode")
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, list[Any]]:
+    """Dotted keys whose value differs between a checkpoint's config (trainer_state.json) and the current
+    one, as ``{key: [saved, current]}`` (``"<absent>"`` for a key one side lacks), ``RESUME_EXEMPT_KEYS``
+    left out. Both sides as JSON has them, so tuples and lists compare equal."""
+    import json
+
+    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(tree, dict) or not tree:
+            return {prefix[:-1]: tree}
+        return {k: v for key, value in tree.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+
+    old, new = flat(json.loads(json.dumps(saved))), flat(json.loads(json.dumps(current)))
+    absent = "<absent>"
+    return {key: [old.get(key, absent), new.get(key, absent)] for key in sorted(old.keys() | new.keys())
+            if key not in RESUME_EXEMPT_KEYS and old.get(key, absent) != new.get(key, absent)}
 
 
 def config_to_yaml(cfg: RayRLConfig) -> str:

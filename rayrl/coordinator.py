@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 import rayrl
-from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid
+from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid, NoValidCheckpoint
 from rayrl.checkpoint.format import CHECKPOINTS_DIR, M_STEP
 from rayrl.checkpoint.manifest import read_manifest
-from rayrl.config import config_to_dict
+from rayrl.config import ConfigError, config_changes, config_to_dict
 from rayrl.data.tasks import get_task, run_reward_specs
 from rayrl.failures import InfraFailure, WorkerId, check_finite
 from rayrl.managers import build_manager, resolve_manager
@@ -111,42 +111,83 @@ class Coordinator:
             self.lock.release()  # now, not when the process ends: the same command may start again at once
 
     def _run(self) -> dict[str, Any]:
-        runner = self.cfg.runner
+        """Start, and after each infrastructure failure recover and start again. Recovery runs inside the
+        same error handling as training: whatever it raises tears the fleet down and is reported alike
+        (a program error stops the run, another lost worker is a failure of the same incident)."""
         self.events.emit("loggers", self.loggers_said, loggers=self.trackers.names)
         self._report_own_loss()
-        start_dir = self.manager.prepare(runner.resume_dir, runner.resume_mode, self.restarted)
+        restarted = self.restarted
+        failure: InfraFailure | None = None
+        start_dir: str | None = None
         while True:
             try:
+                if failure is not None:
+                    self._recover(failure)
+                    failure, restarted = None, True
+                start_dir = self._start_point(restarted)
+                if start_dir is None:  # nothing to load into workers kept by a recovery: they restart fresh too
+                    self._teardown()
                 return self._train(start_dir)
-            except InfraFailure as failure:
-                where = self.fleet.location(failure.workers) if self.fleet is not None else {}
-                replaced = self._release_failed(failure)
-                try:
-                    delay = self.recovery.failed(failure.what, failure.cause, failure.node or where.get("node"),
-                                                 where.get("pid"), preemption=failure.preemption,
-                                                 replaced=replaced)
-                except RunFailed:
-                    self._teardown()
-                    raise
-                time.sleep(delay)
-                start_dir = self.manager.prepare(runner.resume_dir, runner.resume_mode, restarted=True)
-                if start_dir is None:  # nothing to load into the kept workers: they restart fresh too
-                    self._teardown()
+            except InfraFailure as err:
+                failure = err
+            except RunFailed:
+                self._teardown()
+                raise
+            except NoValidCheckpoint as err:  # the step failed while loading, and no valid one is before it
+                self._teardown()
+                raise self._no_valid(err) from None
             except Exception as err:
                 if isinstance(err, CheckpointInvalid) and start_dir is not None and not os.path.exists(start_dir):
                     # a file of the step failed its checksum while the workers read it: the manager moved
                     # the step aside, so resume from the next valid one into the same workers
-                    start_dir = self.manager.prepare(runner.resume_dir, runner.resume_mode, restarted=True)
-                    if start_dir is None:  # the workers hold part of the damaged state: start them afresh
-                        self._teardown()
+                    restarted = True
                     continue
                 self._teardown()
-                self.events.emit("program_error", f"stopped by a program error (not retried): {err}",
+                event = "config_error" if isinstance(err, ConfigError) else "program_error"
+                self.events.emit(event, f"stopped by a {event.replace('_', ' ')} (not retried): {err}",
                                  error=type(err).__name__)
                 raise
             except BaseException:
                 self._teardown()
                 raise
+
+    def _recover(self, failure: InfraFailure) -> None:
+        """The one place that decides what an infrastructure failure costs: which groups to replace (the
+        others are kept and reloaded), the restart budget (a failure found while recovering from another
+        is the same incident: see Recovery.failed) and the backoff. The checkpoint to resume from is chosen
+        next, by ``_start_point``, as at any start."""
+        try:
+            where = self.fleet.location(failure.workers) if self.fleet is not None else {}
+        except Exception as err:  # noqa: BLE001 -- only for the report: a lost node may not answer
+            log.warning("could not locate %s: %s", failure.what, err)
+            where = {}
+        replaced = self._release_failed(failure)
+        delay = self.recovery.failed(failure.what, failure.cause, failure.node or where.get("node"),
+                                     where.get("pid"), preemption=failure.preemption, replaced=replaced)
+        time.sleep(delay)
+
+    def _start_point(self, restarted: bool) -> str | None:
+        """The step directory to start from (None: fresh). Steps that exist but none of which verifies stop
+        the run (exit 2), touching nothing; an OSError reading them is the storage's failure, recovered
+        from under the restart budget like a lost worker."""
+        runner = self.cfg.runner
+        try:
+            return self.manager.prepare(runner.resume_dir, runner.resume_mode, restarted)
+        except NoValidCheckpoint as err:
+            raise self._no_valid(err) from None
+        except OSError as err:
+            raise InfraFailure(WorkerId("checkpoint storage"), f"{type(err).__name__} reading the checkpoints: "
+                               f"{err} (an I/O error, not a damaged checkpoint: nothing moved aside)") from err
+
+    def _no_valid(self, err: NoValidCheckpoint) -> ConfigError:
+        """Checkpoints exist and none verifies: said in events.jsonl, and a config error (exit 2) naming every
+        step and why. Starting over would silently throw the run away; that is resume_mode=disable's job."""
+        self.events.emit("no_valid_checkpoint", f"no checkpoint under {err.path} verifies: {err.reason}",
+                         path=err.path, steps={str(step): why for step, why in err.steps.items()})
+        return ConfigError(
+            f"runner.resume_mode: no checkpoint under {err.path} verifies ({err.reason}); nothing was "
+            "moved or deleted. Repair or remove them, start from another with runner.resume_dir=..., or "
+            "start over with runner.resume_mode=disable (which archives them)")
 
     def _release_failed(self, failure: InfraFailure) -> list[str] | None:
         """Replace the groups ``failure`` took down and keep the others (they are reloaded from the
@@ -181,7 +222,8 @@ class Coordinator:
                 log.warning("the save in flight failed (%s); resuming from the checkpoint before it", err)
             # A save the manager dropped earlier (another part failed as it began) may still be writing on the
             # kept ranks: they finish it and forget it, its error included, before they are reloaded.
-            self.fleet.wait_all(self.fleet.actor.call("abandon_save"), "actor")
+            self.fleet.wait_checkpoint(self.fleet.actor.call("abandon_save"), "actor",
+                                       "finishing a dropped checkpoint save")
         self.manager.abort()
 
     def _report_own_loss(self) -> None:
@@ -238,6 +280,7 @@ class Coordinator:
             sync_weights(fleet)
             self.events.emit("resumed", f"Resumed from {start_dir}: next step {step + 1}",
                              step=step, path=start_dir, start_s=start_s, load_s=load_s)
+            self._report_config_changes(state, step, start_dir)
         else:
             self.events.emit("fresh_start", "No checkpoint to resume from: starting fresh at step 1",
                              start_s=start_s)
@@ -271,6 +314,15 @@ class Coordinator:
         self.manager.wait()
         self._teardown()
         return {"status": "done", "final_step": step}
+
+    def _report_config_changes(self, state: dict[str, Any], step: int, start_dir: str) -> None:
+        """One warning listing every key the current config sets differently from the checkpoint's: the
+        current config is the one in force (the LR schedule included), so a change is worth seeing."""
+        changed = config_changes(state.get("config") or {}, config_to_dict(self.cfg))
+        if changed:
+            listed = "; ".join(f"{key}: {old} -> {new}" for key, (old, new) in changed.items())
+            self.events.emit("config_changed", f"WARNING: the config differs from the checkpoint's (step {step}); "
+                             f"the current one is in force: {listed}", step=step, path=start_dir, changed=changed)
 
     def _on_notice(self, step: int, notices: list[WorkerId]) -> None:
         """After the notice's checkpoint is on disk: a worker's notice hands over to recovery; the

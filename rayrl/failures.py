@@ -122,12 +122,14 @@ def check_finite(metrics: dict[str, float], step: int) -> None:
 
 
 def gather(refs: list[ray.ObjectRef], workers: Sequence[WorkerId], timeout_s: float,
-           find_dead: Callable[[], list[WorkerId]], grace_s: float = PEER_GRACE_S) -> list[Any]:
+           find_dead: Callable[[], list[WorkerId]], grace_s: float = PEER_GRACE_S,
+           timeout_key: str = "runner.step_timeout_s", doing: str = "hang") -> list[Any]:
     """Results of ``refs`` in order (ref i is a call on ``workers[i]``).
 
     Raises InfraFailure as soon as a call fails for a lost worker, node or object (ActorUnavailableError
     included: the call is lost either way, so there is nothing to gain from waiting for the GCS to declare
-    the node dead), or when calls make no progress within ``timeout_s`` (a hang). Raises ProgramError for an
+    the node dead), or when calls make no progress within ``timeout_s`` (a hang; the failure names the config
+    key ``timeout_key`` that set the bound and what was ``doing``). Raises ProgramError for an
     exception in worker code, but only after ``grace_s`` in which no other call failed for infrastructure
     and ``find_dead`` found no dead worker.
     """
@@ -160,5 +162,5 @@ def gather(refs: list[ray.ObjectRef], workers: Sequence[WorkerId], timeout_s: fl
         raise program_error from program_error.cause
     if pending:
         raise InfraFailure(sorted(set(pending.values()), key=WorkerId.sort_key),
-                           f"no progress within runner.step_timeout_s={timeout_s:g} s (hang)")
+                           f"no progress within {timeout_key}={timeout_s:g} s ({doing})")
     return [results[r] for r in refs]

@@ -101,14 +101,30 @@ def _relaunch_info() -> dict | None:
         return None
 
 
-def _wait_showing_progress(ref, cfg):
-    """Wait for the coordinator, printing each finished step and event as it lands on disk."""
+class _StopRequest:
+    """SIGTERM to the driver (a scheduler's stop): the handler only records it, since a Ray call inside a
+    signal handler may deadlock; the wait loop passes it on to the coordinator, once."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self.sent = False
+
+    def __call__(self, signum, frame) -> None:  # noqa: ARG002
+        self.received = True
+
+
+def _wait_showing_progress(ref, cfg, coordinator, stop: _StopRequest):
+    """Wait for the coordinator, printing each finished step and event as it lands on disk, and passing a
+    SIGTERM on: the coordinator saves at the next step boundary and returns ``preempted``."""
     import ray
 
     from rayrl.console import Console
 
     console = Console(Path(cfg.runner.log_path), cfg.runner.max_steps)
     while True:
+        if stop.received and not stop.sent:
+            coordinator.request_stop.remote("SIGTERM to the driver")
+            stop.sent = True
         ready, _ = ray.wait([ref], timeout=0.5)
         console.poll()
         if ready:
@@ -129,8 +145,9 @@ def run(cfg) -> int:
         if problem is not None:
             return _config_error(problem)
         coordinator = _launch(cfg)
-        signal.signal(signal.SIGTERM, lambda *_: coordinator.request_stop.remote("SIGTERM to the driver"))
-        result = _wait_showing_progress(coordinator.run.remote(), cfg)
+        stop = _StopRequest()
+        signal.signal(signal.SIGTERM, stop)
+        result = _wait_showing_progress(coordinator.run.remote(), cfg, coordinator, stop)
         if result["status"] == "preempted":
             log.warning("rayrl: stopped by a preemption notice after saving step %d", result["final_step"])
             return EXIT_PREEMPTED

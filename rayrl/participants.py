@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
-from rayrl.checkpoint.format import ACTOR_DIR, DATA_DIR, DATA_STATE_FILE, HF_DIR, ROLLOUT_DIR
+from rayrl.checkpoint.format import ACTOR_DIR, DATA_DIR, DATA_STATE_FILE, HF_DIR, ROLLOUT_DIR, TRAINER_STATE_FILE
 from rayrl.checkpoint.manifest import file_digest
 from rayrl.checkpoint.safe_io import load_torch, save_torch
 from rayrl.workers.fleet import Fleet
@@ -19,6 +20,13 @@ def _merged(parts: list[Digests | None]) -> Digests | None:
     return {k: v for p in parts for k, v in p.items()}
 
 
+def _saved_run(directory: str) -> dict[str, Any]:
+    """The trainer state of the step that ``directory`` (a part of it) belongs to: the world sizes it was
+    saved with (what every worker must find) and its step (what the RNG of a worker beyond them derives from)."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(directory)), TRAINER_STATE_FILE)) as f:
+        return json.load(f)
+
+
 class ActorPart:
     """Every actor rank writes its own DCP shard and extra state (RNG, LR schedule) into ``actor/``."""
 
@@ -28,14 +36,18 @@ class ActorPart:
         self.fleet = fleet
 
     def save(self, directory: str, async_save: bool) -> Digests | None:
-        return _merged(self.fleet.wait_all(self.fleet.actor.call("save_checkpoint", directory, async_save),
-                                           "actor"))
+        return _merged(self.fleet.wait_checkpoint(self.fleet.actor.call("save_checkpoint", directory, async_save),
+                                                  "actor", f"checkpoint save into {directory}"))
 
     def poll_save(self, block: bool) -> Digests | None:
-        return _merged(self.fleet.wait_all(self.fleet.actor.call("checkpoint_status", block), "actor"))
+        return _merged(self.fleet.wait_checkpoint(self.fleet.actor.call("checkpoint_status", block), "actor",
+                                                  "waiting for the checkpoint save in flight"))
 
     def load(self, directory: str) -> None:
-        self.fleet.wait_all(self.fleet.actor.call("load_checkpoint", directory), "actor")
+        saved = _saved_run(directory)
+        self.fleet.wait_checkpoint(self.fleet.actor.call("load_checkpoint", directory,
+                                                         saved["world_sizes"]["actor"], saved["global_step"]),
+                                   "actor", f"checkpoint load from {directory}")
 
 
 class HFExportPart:
@@ -49,7 +61,8 @@ class HFExportPart:
         self.fleet = fleet
 
     def save(self, directory: str, async_save: bool) -> Digests | None:
-        return _merged(self.fleet.wait_all(self.fleet.actor.call("export_hf", directory), "actor"))
+        return _merged(self.fleet.wait_checkpoint(self.fleet.actor.call("export_hf", directory), "actor",
+                                                  f"HF export into {directory}"))
 
     def poll_save(self, block: bool) -> Digests | None:
         raise AssertionError("the export is always written synchronously")
@@ -67,13 +80,17 @@ class RolloutPart:
         self.fleet = fleet
 
     def save(self, directory: str, async_save: bool) -> Digests | None:
-        return _merged(self.fleet.wait_all(self.fleet.rollout.call("save_checkpoint", directory), "rollout"))
+        return _merged(self.fleet.wait_checkpoint(self.fleet.rollout.call("save_checkpoint", directory), "rollout",
+                                                  f"checkpoint save into {directory}"))
 
     def poll_save(self, block: bool) -> Digests | None:
         raise AssertionError("rollout state is always written synchronously")
 
     def load(self, directory: str) -> None:
-        self.fleet.wait_all(self.fleet.rollout.call("load_checkpoint", directory), "rollout")
+        saved = _saved_run(directory)
+        self.fleet.wait_checkpoint(self.fleet.rollout.call("load_checkpoint", directory,
+                                                           saved["world_sizes"]["rollout"], saved["global_step"]),
+                                   "rollout", f"checkpoint load from {directory}")
 
 
 class DataPart:

@@ -25,6 +25,7 @@ class _Pending:
 
     failure_time: float
     fields: dict[str, Any] = field(default_factory=dict)
+    replaced: set[str] | None = None  # the groups a counted recovery replaced (None: not such a recovery)
 
 
 def short(node: str | None) -> str:
@@ -46,17 +47,33 @@ class Recovery:
         """Record a failure; returns the backoff to sleep before rebuilding, or raises RunFailed past the
         budget. Preemptions are not counted, nor (``counted=False``) losses that another budget bounds (the
         coordinator's: Ray's max_restarts; the driver's: run_main.sh's). A failure during a recovery keeps
-        the first one's time: the clock runs until training does."""
+        the first one's time: the clock runs until training does.
+
+        A failure found while recovering (before the next step finished) that takes down a group the
+        recovery had kept (a kept group failing on reload because its node was going down after all) is
+        the same incident: not counted again (``same_incident``), and ``replaced`` becomes every group the
+        incident replaced. One that hits only groups already replaced counts anew, so that a failure that
+        keeps coming back cannot recover forever."""
         failure_time = failure_time or time.time()
         if self._pending is None:
             self._pending = _Pending(failure_time)
         counted = counted and not preemption
+        earlier = self._pending.replaced
+        same_incident = (counted and earlier is not None and replaced is not None
+                         and not set(replaced) <= earlier)
+        if same_incident:
+            counted = False
+            replaced = sorted(earlier | set(replaced))
+        if (counted or same_incident) and replaced is not None:
+            self._pending.replaced = set(replaced)
         self.restarts += counted
         where = f"node {short(node)}" + (f", pid {pid}" if pid else "")
         self.history.append(f"{time.strftime('%H:%M:%S', time.localtime(failure_time))} {what} ({where}): {cause}")
         fields = {"what": what, "cause": cause, "node": node, "pid": pid, "preemption": preemption}
         if replaced is not None:  # the worker groups restarted (the others were kept)
             fields["replaced"] = replaced
+        if same_incident:
+            fields["same_incident"] = True
         self._pending.fields = fields
         if self.restarts > self.max_restarts:
             self.events.emit("failure", f"{what} ({where}) failed: {cause}", **fields, counted=counted,
@@ -66,6 +83,7 @@ class Recovery:
             raise RunFailed(f"{message}; what died:\n  " + "\n  ".join(self.history))
         delay = min(MAX_BACKOFF_S, self.backoff_s * 2 ** (self.restarts - 1)) if counted else 0.0
         budget = (f"recovery {self.restarts}/{self.max_restarts}" if counted
+                  else "found while recovering: the same incident, counted once" if same_incident
                   else "not counted against runner.max_restarts")
         restarting = f"restarting {', '.join(replaced)}, " if replaced else ""
         self.events.emit(event, f"{what} ({where}) failed: {cause}; recovering from the latest checkpoint "

@@ -15,6 +15,7 @@ from rayrl.checkpoint import (
     TRACKER_FILE,
     CheckpointDir,
     CheckpointError,
+    NoValidCheckpoint,
     build_manifest,
     parse_step,
     verify_checkpoint,
@@ -254,20 +255,28 @@ def test_older_steps_are_not_verified(cdir):
     assert cdir.step_dir(5).exists() and not _aside(cdir, 5)
 
 
-def test_all_invalid_gives_none_and_keeps_everything(cdir, caplog):
+def test_all_invalid_raises_naming_each_step_and_moves_nothing(cdir):
+    """No silent fresh start: with no valid step to resume from, nothing is moved aside."""
     for step in (5, 10):
         _save(cdir, step)
         _damage_truncate(cdir.step_dir(step))
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        assert cdir.find_resume_point() is None
-    assert len(_aside(cdir, 5)) == len(_aside(cdir, 10)) == 1
-    assert "None of the 2 checkpoint dirs" in caplog.text
+    before = _names(cdir)
+    with pytest.raises(NoValidCheckpoint) as info:
+        cdir.find_resume_point()
+    assert sorted(info.value.steps) == [5, 10]
+    assert all(why.startswith("size mismatch for actor/__1_0.distcp") for why in info.value.steps.values())
+    assert _names(cdir) == before
+    (cdir.root / "global_step_5").rename(cdir.root / "elsewhere")
+    shutil.rmtree(cdir.step_dir(10))
+    with pytest.raises(NoValidCheckpoint, match="the tracker names a step"):  # the tracker alone
+        cdir.find_resume_point()
 
 
 def test_repeated_corruption_of_a_step_never_overwrites_an_aside_dir(cdir):
+    _save(cdir, 5)
     for _ in range(3):
         cdir.step_dir(10).mkdir(parents=True)
-        assert cdir.find_resume_point() is None
+        assert cdir.find_resume_point() == (5, cdir.step_dir(5))
     assert len(_aside(cdir, 10)) == 3
 
 

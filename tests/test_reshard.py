@@ -8,6 +8,7 @@ save_checkpoint, load_checkpoint) without Ray, so one spawn costs a process star
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
+from rayrl.checkpoint.rng import derived_seed
 from tests.support import REPO
 
 MODEL = ["actor.model.hidden_size=32", "actor.model.num_layers=2", "actor.model.num_heads=2",
@@ -62,13 +64,34 @@ def _phase(rank: int, world_size: int, port: int, phase: str, work: str) -> None
         if phase == "save":
             worker.train_step(_batch(0))  # non-trivial optimizer state and LR step before saving
             worker.save_checkpoint(ckpt, async_save=False)
+            _refuse_missing_state(worker, ckpt, work)
         else:
-            worker.load_checkpoint(ckpt)
+            worker.load_checkpoint(ckpt, saved_world_size=2, step=1)
         _dump(worker, os.path.join(work, f"{phase}{world_size}-restored.pt"))
         stats = worker.train_step(_batch(1))
         _dump(worker, os.path.join(work, f"{phase}{world_size}-trained.pt"), stats)
     finally:
         worker.shutdown()
+
+
+def _refuse_missing_state(worker, ckpt: str, work: str) -> None:
+    """With the saved world size every rank must find its own extra state: a copy of the checkpoint without
+    rank 1's is refused by every rank alike (before any collective), and each rank writes down what it said."""
+    import torch.distributed as dist
+
+    from rayrl.checkpoint.errors import CheckpointInvalid
+
+    incomplete = os.path.join(work, "incomplete")
+    if worker.rank == 0:
+        shutil.copytree(ckpt, incomplete)
+        os.remove(os.path.join(incomplete, "extra_state_rank_1.pt"))
+    dist.barrier()
+    try:
+        worker.load_checkpoint(incomplete, saved_world_size=2, step=1)
+        outcome = "loaded"
+    except CheckpointInvalid as err:
+        outcome = str(err)
+    Path(work, f"missing.rank{worker.rank}").write_text(outcome)
 
 
 def _process_main(rank: int, ports: tuple[int, int, int], work: str) -> None:
@@ -112,6 +135,12 @@ def _flat(state: dict) -> dict[str, torch.Tensor]:
     return out
 
 
+def test_a_rank_missing_its_extra_state_is_refused_by_every_rank(saved):
+    for rank in (0, 1):
+        said = (saved / f"missing.rank{rank}").read_text()
+        assert "extra_state_rank_1.pt" in said and "actor rank 1 of the 2 saved" in said, said
+
+
 @pytest.mark.parametrize("world_size", [1, 3])
 def test_two_rank_checkpoint_loads_into_other_world_sizes_identically(saved, world_size):
     want, got = _load(saved, "save2-restored.pt"), _load(saved, f"load{world_size}-restored.pt")
@@ -121,11 +150,13 @@ def test_two_rank_checkpoint_loads_into_other_world_sizes_identically(saved, wor
     for key in want_t:
         assert torch.equal(want_t[key], got_t[key]), f"{key} differs after loading into {world_size} ranks"
     assert got["optimizer"]["param_groups"] == want["optimizer"]["param_groups"]
-    for rank in range(world_size):  # ranks beyond the saved ones take rank 0's RNG
-        want_rank = _load(saved, f"save2-restored.pt.rank{rank if rank < 2 else 0}")
+    for rank in range(world_size):  # ranks beyond the saved ones: the RNG of derived_seed(seed, role, rank, step)
+        want_rank = _load(saved, f"save2-restored.pt.rank{min(rank, 1)}")
         got_rank = _load(saved, f"load{world_size}-restored.pt.rank{rank}")
         assert got_rank["lr_step"] == want_rank["lr_step"] == 1
-        assert torch.equal(got_rank["rng"], want_rank["rng"]), f"rank {rank} RNG not restored"
+        want_rng = want_rank["rng"] if rank < 2 else torch.Generator().manual_seed(
+            derived_seed(1, "actor", rank, 1)).get_state()
+        assert torch.equal(got_rank["rng"], want_rng), f"rank {rank} RNG not as the rule says"
 
     # training goes on: the next step matches the 2-rank one up to float summation order
     before = want_t

@@ -23,8 +23,8 @@ from rayrl.checkpoint.manager import DefaultCheckpointManager
 from rayrl.checkpoint.manifest import build_manifest, file_digest, read_manifest, verify_checkpoint, write_manifest
 from rayrl.config import CheckpointConfig
 from tests.support import (
-    RESUME_STEPS, assert_same_weights, checkpoints_dir, copy_run, final_weights, rayrl_stderr_lines,
-    read_metrics, rewards, run_rayrl, run_rayrl_split, uninterrupted_run,
+    RESUME_STEPS, assert_same_weights, checkpoints_dir, copy_run, events_named, final_weights,
+    rayrl_stderr_lines, read_metrics, rewards, run_rayrl, run_rayrl_split, uninterrupted_run,
 )
 
 STEPS = RESUME_STEPS  # the checkpoint of step 4 sits on the epoch boundary
@@ -90,6 +90,64 @@ def test_corrupt_newest_checkpoints_are_moved_aside_and_the_run_ends_bit_exact(r
         assert f"{reason} for {damaged}" in proc.stdout  # the warning names the file
     assert rewards(tmp_path) == rewards(reference)  # steps 3..6 of the copied metrics dropped, then written once
     assert_same_weights(final_weights(tmp_path, 6), final_weights(reference, 6))
+
+
+def test_no_valid_checkpoint_exits_2_naming_each_step_and_touches_nothing(reference, tmp_path):
+    """Every step damaged: no silent fresh start. Exit 2 with one line naming each step and why, and
+    nothing moved, renamed, deleted or truncated (checkpoints and metrics.jsonl as they were)."""
+    copy_run(reference, tmp_path)
+    ckpts = checkpoints_dir(tmp_path)
+    _truncate(ckpts / "global_step_6/actor/__1_0.distcp")
+    _alter_byte(ckpts / "global_step_4/actor/__0_0.distcp")
+    (ckpts / "global_step_2/manifest.json").unlink()
+    before, metrics_before = _tree(ckpts), read_metrics(tmp_path)
+    proc = run_rayrl_split(tmp_path, *STEPS, "runner.max_steps=8")
+    assert proc.returncode == 2, _tail(proc)
+    lines = rayrl_stderr_lines(proc.stderr)
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("rayrl: config error: runner.resume_mode:"), lines[0]
+    for problem in ("global_step_6: size mismatch for actor/__1_0.distcp",
+                    "global_step_4: checksum mismatch for actor/__0_0.distcp",
+                    "global_step_2: no manifest.json", "runner.resume_mode=disable"):
+        assert problem in lines[0], lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert _tree(ckpts) == before
+    assert read_metrics(tmp_path) == metrics_before
+    (event,) = events_named(tmp_path, "no_valid_checkpoint")
+    assert sorted(event["steps"]) == ["2", "4", "6"]
+    assert event["steps"]["6"].startswith("size mismatch for actor/__1_0.distcp"), event
+    assert event["steps"]["4"] == "checksum mismatch for actor/__0_0.distcp", event
+
+
+def test_an_io_error_reading_a_step_is_an_infrastructure_failure_never_corruption(reference, tmp_path):
+    """The newest step's manifest reads with EIO (a symlink to /proc/self/mem, which fails every read at
+    offset 0, root or not): retried under the restart budget, never moved aside, and the run fails with
+    the error once the budget is spent."""
+    copy_run(reference, tmp_path)
+    ckpts = checkpoints_dir(tmp_path)
+    manifest = ckpts / "global_step_6/manifest.json"
+    manifest.unlink()
+    manifest.symlink_to("/proc/self/mem")
+    proc = run_rayrl_split(tmp_path, *STEPS, "runner.max_steps=8", "runner.max_restarts=1")
+    assert proc.returncode == 1, _tail(proc)
+    failures = events_named(tmp_path, "failure")
+    assert [(f["what"], f["counted"]) for f in failures] == [("checkpoint storage", True)] * 2, failures
+    assert all("Input/output error" in f["cause"] for f in failures), failures
+    assert manifest.is_symlink() and not list(ckpts.glob("global_step_*.corrupt-*"))
+    assert "recovery budget spent" in proc.stderr
+
+
+def test_checkpoint_io_has_its_own_timeout_and_the_failure_names_it(reference, tmp_path):
+    """runner.checkpoint.timeout_s bounds a load (not runner.step_timeout_s): past it the load is an
+    infrastructure failure that names the key, the bound and what timed out (budget 0: the run fails)."""
+    copy_run(reference, tmp_path)
+    proc = run_rayrl_split(tmp_path, *STEPS, "runner.max_steps=8", "runner.checkpoint.timeout_s=0.001",
+                           "runner.max_restarts=0")
+    assert proc.returncode == 1, _tail(proc)
+    (failure,) = events_named(tmp_path, "failure")
+    step_dir = checkpoints_dir(tmp_path) / "global_step_6"
+    assert (f"no progress within runner.checkpoint.timeout_s=0.001 s (checkpoint load from {step_dir}/actor)"
+            in failure["cause"]), failure
 
 
 def test_resuming_after_the_last_step_exits_0_with_nothing_to_do(reference, tmp_path):

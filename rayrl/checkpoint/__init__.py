@@ -6,7 +6,7 @@ Knows nothing of GRPO, Ray or models; the checkpoint manager calls these from wo
 
 from __future__ import annotations
 
-from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid
+from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid, NoValidCheckpoint
 from rayrl.checkpoint.format import ARCHIVE_PREFIX, MANIFEST_FILE, STEP_PREFIX, TEMP_PREFIX, TRACKER_FILE
 from rayrl.checkpoint.layout import CheckpointDir, parse_step
 from rayrl.checkpoint.manifest import (
@@ -36,6 +36,7 @@ __all__ = [
     "CheckpointDir",
     "CheckpointError",
     "CheckpointInvalid",
+    "NoValidCheckpoint",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",

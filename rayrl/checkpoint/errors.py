@@ -25,6 +25,15 @@ class CheckpointInvalid(CheckpointError):
     """A step directory is incomplete or damaged: resume must not use it."""
 
 
+class NoValidCheckpoint(CheckpointError):
+    """Steps exist (or the tracker names one) and none of them verifies: resuming would silently start over.
+    ``steps`` maps each step to why it failed; nothing was moved, renamed or deleted."""
+
+    def __init__(self, path: str | os.PathLike[str], steps: dict[int, str]) -> None:
+        CheckpointError.__init__(self, path, "; ".join(f"global_step_{s}: {why}" for s, why in steps.items())
+                                 or "the tracker names a step, but no global_step_* directory exists")
+        self.args = (str(path), steps)
+        self.steps = steps
 class WorkerLost(Exception):
     """Base of the errors that mean the workers writing or reading a part are gone (process, node, object,
     a hang), not that the checkpoint failed: a manager lets them through unchanged so that the runtime

@@ -8,7 +8,8 @@ is the tracker rewritten. Every state a crash can leave is one ``find_resume_poi
 - a new step in place but the tracker still old: the tracker is only a hint, the newer valid step wins;
 - a tracker naming a missing or damaged step: logged, the newest valid step wins;
 - a ``global_step_N`` without a valid manifest (written by something else, or damaged later):
-  moved aside as ``global_step_N.corrupt-<UTC time>``, never deleted, never used.
+  moved aside as ``global_step_N.corrupt-<UTC time>`` when an older valid step exists, never deleted,
+  never used; with no valid step at all, ``NoValidCheckpoint`` (nothing moved: no silent fresh start).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid
+from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid, NoValidCheckpoint
 from rayrl.checkpoint.format import ARCHIVE_PREFIX, MANIFEST_FILE, STEP_PREFIX, TEMP_PREFIX, TRACKER_FILE, step_dir_name
 from rayrl.checkpoint.manifest import verify_checkpoint
 from rayrl.checkpoint.safe_io import atomic_write_text, fsync_dir, fsync_tree, temp_name
@@ -150,31 +151,37 @@ class CheckpointDir:
 
     def find_resume_point(self, check_checksums: bool = True,
                           checked_on_load: Callable[[str], bool] | None = None) -> tuple[int, Path] | None:
-        """The newest step whose manifest verifies; invalid newer ones are moved aside.
+        """The newest step whose manifest verifies; None when there is no step and no tracker.
 
+        Newer steps that are incomplete or fail a checksum are moved aside, but only once an older valid
+        step is found to resume from. When steps exist (or the tracker names one) and none verifies, this
+        raises ``NoValidCheckpoint`` naming each step and why, with nothing moved. An ``OSError`` while
+        reading (EIO, ESTALE, EACCES, a network filesystem's timeout) propagates: it is not damage.
         Older steps are not verified (cheap). The tracker is only a hint: it is rewritten to the step
         chosen when it disagrees. Files ``checked_on_load`` names get their size checked, not their
-        checksum: their loader checks that as it reads them.
+        checksum: their loader checks that as it reads them (except in a step chosen over invalid newer
+        ones: that one is checked in full before they are moved aside).
         """
         tracker = self.read_tracker()
         steps = self.list_step_dirs()
+        invalid: list[tuple[int, Path, str]] = []
         chosen: tuple[int, Path] | None = None
         for step, path in reversed(steps):
-            try:
+            try:  # a step that newer invalid ones would be moved aside for is verified in full first
                 verify_checkpoint(path, check_checksums=check_checksums, expected_step=step,
-                                  checked_on_load=checked_on_load)
+                                  checked_on_load=None if invalid else checked_on_load)
             except CheckpointInvalid as e:
-                aside = self.move_aside(path, step, "corrupt")
-                log.warning("Checkpoint %s is invalid (%s); moved aside to %s", path, e.reason, aside.name)
+                invalid.append((step, path, e.reason))
                 continue
             chosen = (step, path)
             break
         if chosen is None:
-            if steps:
-                log.error("None of the %d checkpoint dirs under %s is valid: no resume point", len(steps), self.root)
-            if tracker is not None:
-                log.warning("Checkpoint tracker names step %d, which has no valid checkpoint", tracker)
+            if steps or tracker is not None:
+                raise NoValidCheckpoint(self.root, {step: reason for step, _, reason in invalid})
             return None
+        for step, path, reason in invalid:
+            aside = self.move_aside(path, step, "corrupt")
+            log.warning("Checkpoint %s is invalid (%s); moved aside to %s", path, reason, aside.name)
         if tracker != chosen[0]:
             log.warning(
                 "Checkpoint tracker names step %s but the newest valid checkpoint is step %d; tracker rewritten",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid, WorkerLost
+from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid, NoValidCheckpoint, WorkerLost
 from rayrl.checkpoint.format import M_STEP, M_TOTAL_BYTES, MANIFEST_FILE, TRACKER_FILE, TRAINER_STATE_FILE
 from rayrl.checkpoint.layout import CheckpointDir, parse_step
 from rayrl.checkpoint.manifest import build_manifest, is_dcp_data, verify_checkpoint, write_manifest
@@ -261,11 +261,21 @@ class DefaultCheckpointManager:
 
     def _set_aside(self, step_dir: str, err: CheckpointInvalid) -> None:
         """A step of this run found damaged while loading (its DCP files are checked as they are read)
-        is moved aside like one found damaged at discovery, so that the next ``prepare`` passes over it."""
+        is moved aside like one found damaged at discovery, so that the next ``prepare`` passes over it;
+        only when an older step verifies, else NoValidCheckpoint naming each step (nothing moved)."""
         path = Path(step_dir)
         step = parse_step(path.name)
         if step is None or not _same_path(path.parent, self.dir.root):
             return
+        reasons = {step: err.reason}
+        for older, older_path in reversed([(s, p) for s, p in self.dir.list_step_dirs() if s < step]):
+            try:  # in full: only a step known good is worth moving this one aside for
+                verify_checkpoint(older_path, check_checksums=self.config.verify_checksums, expected_step=older)
+                break
+            except CheckpointInvalid as e:
+                reasons[older] = e.reason
+        else:  # no valid step to fall back to: nothing moved, no silent fresh start
+            raise NoValidCheckpoint(self.dir.root, reasons) from err
         aside = self.dir.move_aside(path, step, "corrupt")
         log.warning("Checkpoint %s is invalid (%s); moved aside to %s", path, err.reason, aside.name)
 

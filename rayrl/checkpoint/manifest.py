@@ -166,10 +166,10 @@ def read_manifest(step_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = root / MANIFEST_FILE
     if not path.is_file():
         raise CheckpointInvalid(root, f"no {MANIFEST_FILE} (incomplete checkpoint)")
-    try:
+    try:  # an OSError reading it (EIO, ESTALE, a timeout) propagates: storage trouble is not damage
         doc = json.loads(path.read_text(encoding="utf-8"))
         _check_schema(doc)
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError) as e:
         raise CheckpointInvalid(root, f"manifest unreadable: {e}") from e
     if doc[M_FORMAT_VERSION] > MANIFEST_VERSION:
         raise CheckpointInvalid(

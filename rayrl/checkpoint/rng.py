@@ -6,6 +6,7 @@ through ``save_torch`` and ``load_torch`` (``weights_only=True``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from typing import Any
@@ -65,3 +66,18 @@ def _restore_cuda(states: list[torch.Tensor]) -> None:
         )
     for device, s in enumerate(states[:available]):
         torch.cuda.set_rng_state(s, device)
+
+
+def derived_seed(seed: int, role: str, index: int, step: int) -> int:
+    """The seed of a rank or worker that a checkpoint holds no RNG state for: resuming with more actor ranks
+    or rollout workers than were saved. A stable 63-bit hash of the run's seed, the role, the index and the
+    step, so that every resume at that size draws the same numbers and no two of them share a stream."""
+    digest = hashlib.sha256(f"rayrl-rng-v1:{seed}:{role}:{index}:{step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def seed_rng_state(seed: int) -> None:
+    """Seed every global RNG of this process (Python, NumPy, torch CPU and CUDA) from ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

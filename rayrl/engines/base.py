@@ -63,3 +63,6 @@ class GenerationEngine(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
+
+    def reseed(self, seed: int) -> None:
+        """Start sampling from ``seed``: a worker that a checkpoint holds no state for (more workers now)."""

@@ -77,6 +77,10 @@ class HFEngine:
         for name, g in self.generators.items():
             g.set_state(state[name])
 
+    def reseed(self, seed: int) -> None:
+        for g in self.generators.values():
+            g.manual_seed(seed)
+
 
 @contextlib.contextmanager
 def owned_rng(generators: list[torch.Generator]) -> Iterator[None]:

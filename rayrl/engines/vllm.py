@@ -197,6 +197,9 @@ class VLLMEngine:
         """Sampling depends only on the weights and the per-request seeds: nothing else to save."""
         return {"backend": "vllm", "seed_scheme": "rayrl-vllm-v1"}
 
+    def reseed(self, seed: int) -> None:
+        """Nothing to seed: every request's seed derives from (run seed, worker index, step, sample)."""
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("backend") != "vllm":
             log.warning("rollout state was saved by the %s engine; vLLM derives its seeds per request, so "

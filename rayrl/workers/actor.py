@@ -19,7 +19,8 @@ import torch.distributed as dist
 from rayrl.algorithms.grpo import policy_loss
 from rayrl.checkpoint.format import MODEL_KEY, OPTIMIZER_KEY, extra_state_file
 from rayrl.checkpoint.manifest import digest_tree, file_digest
-from rayrl.checkpoint.rng import capture_rng_state, restore_rng_state
+from rayrl.checkpoint.errors import CheckpointInvalid
+from rayrl.checkpoint.rng import capture_rng_state, derived_seed, restore_rng_state, seed_rng_state
 from rayrl.checkpoint.safe_io import load_torch, save_torch
 from rayrl.config import ConfigError
 from rayrl.models.forward import response_logprobs
@@ -46,7 +47,9 @@ class ActorWorker(WorkerBase):
             backend="cpu:gloo,cuda:nccl" if use_cuda else "gloo",
             init_method=f"tcp://{master_addr}:{master_port}",
             rank=self.rank, world_size=self.world_size,
-            timeout=datetime.timedelta(seconds=max(60.0, cfg.runner.step_timeout_s)),
+            # the collectives of a checkpoint load or save may take as long as its own bound allows
+            timeout=datetime.timedelta(seconds=max(60.0, cfg.runner.step_timeout_s,
+                                                   cfg.runner.checkpoint.timeout_s)),
             device_id=self.device if use_cuda else None,  # NCCL binds this device and connects eagerly
         )
         self.model, self.tokenizer = build_sharded_policy(cfg.actor.model, cfg.runner.seed, self.world_size,
@@ -147,7 +150,8 @@ class ActorWorker(WorkerBase):
     def save_checkpoint(self, directory: str, async_save: bool) -> dict[str, dict] | None:
         """Write this rank's shards and extra state; returns their digests, or None while writing async."""
         os.makedirs(directory, exist_ok=True)
-        extra = {"rng": capture_rng_state(), "lr_scheduler": self.scheduler.state_dict(),
+        # The schedule itself is not saved (the config that resumes defines it): only its step count.
+        extra = {"rng": capture_rng_state(), "lr_scheduler": {"last_epoch": self.scheduler.last_epoch},
                  "world_size": self.world_size}
         extra_name = extra_state_file(self.rank)
         save_torch(extra, os.path.join(directory, extra_name))
@@ -173,12 +177,21 @@ class ActorWorker(WorkerBase):
         self.ckpt.abandon()
         self._save_digests = None
 
-    def load_checkpoint(self, directory: str) -> None:
-        """Load shards (resharding to this world size) and this rank's extra state."""
+    def load_checkpoint(self, directory: str, saved_world_size: int, step: int) -> None:
+        """Load shards (resharding to this world size) and this rank's extra state. Every rank the checkpoint
+        was saved with must find its own extra state (else CheckpointInvalid, raised by every rank alike before
+        any collective); ranks beyond ``saved_world_size`` seed their RNG with ``derived_seed(seed, "actor",
+        rank, step)`` and take the LR step count that every rank shares from rank 0's."""
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         from rayrl.checkpoint.compat import model_mismatch
+        from rayrl.workers.policy import apply_optimizer_config, build_scheduler
 
+        missing = [r for r in range(saved_world_size) if not os.path.exists(os.path.join(directory, extra_state_file(r)))]
+        if missing:
+            raise CheckpointInvalid(directory, f"missing {', '.join(extra_state_file(r) for r in missing)}: actor "
+                                    f"rank {missing[0]} of the {saved_world_size} saved has no extra state "
+                                    "(RNG, LR step) to load")
         self.ckpt.wait_staged()  # a save in flight must have copied the tensors out before they are loaded into
         state = self._dcp_state()
         # Read the metadata safely and check the shapes before DCP's own (unrestricted) unpickling and its
@@ -193,12 +206,15 @@ class ActorWorker(WorkerBase):
         self.ckpt.load(directory, state, verify=self.cfg.runner.checkpoint.verify_checksums)
         set_state_dict(self.model, self.optimizer,
                        model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIMIZER_KEY])
-        extra_path = os.path.join(directory, extra_state_file(self.rank))
-        if not os.path.exists(extra_path):  # more ranks than were saved: ranks share LR state; RNG of rank 0
-            extra_path = os.path.join(directory, extra_state_file(0))
-        extra = load_torch(extra_path)
-        self.scheduler.load_state_dict(extra["lr_scheduler"])
-        restore_rng_state(extra["rng"])
+        own = self.rank < saved_world_size
+        extra = load_torch(os.path.join(directory, extra_state_file(self.rank if own else 0)))
+        apply_optimizer_config(self.optimizer, self.cfg.actor.optim)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg.actor.optim, self.cfg.runner.max_steps,
+                                         steps_done=int(extra["lr_scheduler"]["last_epoch"]))
+        if own:
+            restore_rng_state(extra["rng"])
+        else:
+            seed_rng_state(derived_seed(self.cfg.runner.seed, "actor", self.rank, step))
 
     def shutdown(self) -> None:
         self.ckpt.close()

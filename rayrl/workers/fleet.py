@@ -133,16 +133,24 @@ class Fleet:
                     dead.append(wid)
         return dead
 
-    def wait_all(self, refs: list[ray.ObjectRef], role: str, timeout_s: float | None = None) -> list[Any]:
-        """Results of one call per worker of ``role`` (ref i is worker i's)."""
-        return self._gather(refs, [WorkerId(role, i) for i in range(len(refs))], timeout_s)
+    def wait_all(self, refs: list[ray.ObjectRef], role: str) -> list[Any]:
+        """Results of one call per worker of ``role`` (ref i is worker i's), within runner.step_timeout_s."""
+        return self._gather(refs, [WorkerId(role, i) for i in range(len(refs))])
+
+    def wait_checkpoint(self, refs: list[ray.ObjectRef], role: str, doing: str) -> list[Any]:
+        """``wait_all`` for checkpoint I/O (``doing``: what, for the error), bounded by its own
+        runner.checkpoint.timeout_s: loading or writing a large state may take far longer than a step."""
+        return self._gather(refs, [WorkerId(role, i) for i in range(len(refs))],
+                            self.cfg.runner.checkpoint.timeout_s, "runner.checkpoint.timeout_s", doing)
 
     def wait(self, ref: ray.ObjectRef, worker: WorkerId) -> Any:
         """The result of one worker's call."""
         return self._gather([ref], [worker])[0]
 
-    def _gather(self, refs: list[ray.ObjectRef], workers: list[WorkerId], timeout_s: float | None = None) -> list[Any]:
-        return gather(refs, workers, timeout_s or self.cfg.runner.step_timeout_s, self.find_dead)
+    def _gather(self, refs: list[ray.ObjectRef], workers: list[WorkerId], timeout_s: float | None = None,
+                timeout_key: str = "runner.step_timeout_s", doing: str = "hang") -> list[Any]:
+        return gather(refs, workers, timeout_s or self.cfg.runner.step_timeout_s, self.find_dead,
+                      timeout_key=timeout_key, doing=doing)
 
     def preemption_notices(self) -> list[WorkerId]:
         """Workers that received SIGTERM since they started."""

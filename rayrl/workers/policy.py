@@ -78,5 +78,22 @@ class LRSchedule:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any, total_steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule(optim_cfg, total_steps))
+def build_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any, total_steps: int, steps_done: int = 0):
+    """The LR schedule ``optim_cfg`` and ``total_steps`` define, positioned after ``steps_done`` steps.
+
+    On resume only the step count comes from the checkpoint: the schedule (lr, warm-up, kind, floor and
+    ``runner.max_steps``) is the current config's, so a run resumed with more steps decays over the new
+    length. LambdaLR evaluates the schedule in closed form at each step, so a resume without changes gives
+    the very same floats as an uninterrupted run."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = optim_cfg.lr  # the base LR; a loaded optimizer state carries the checkpoint's
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule(optim_cfg, total_steps),
+                                             last_epoch=steps_done - 1)
+
+
+def apply_optimizer_config(optimizer: torch.optim.Optimizer, optim_cfg: Any) -> None:
+    """After loading an optimizer's state (moments and step counts): the hyper-parameters of the current
+    config, not the ones saved with it (the LR comes from ``build_scheduler``)."""
+    for group in optimizer.param_groups:
+        group.update(betas=(optim_cfg.beta1, optim_cfg.beta2), eps=optim_cfg.eps,
+                     weight_decay=optim_cfg.weight_decay)

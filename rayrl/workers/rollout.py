@@ -7,8 +7,10 @@ from typing import Any
 
 import torch
 
+from rayrl.checkpoint.errors import CheckpointInvalid
 from rayrl.checkpoint.format import rollout_state_file
 from rayrl.checkpoint.manifest import file_digest
+from rayrl.checkpoint.rng import derived_seed
 from rayrl.checkpoint.safe_io import load_torch, save_torch
 from rayrl.data.prompts import render_prompt
 from rayrl.data.scoring import Scorer
@@ -47,9 +49,18 @@ class RolloutWorker(WorkerBase):
         save_torch(self.engine.state_dict(), os.path.join(directory, name))
         return {name: file_digest(os.path.join(directory, name))}
 
-    def load_checkpoint(self, directory: str) -> None:
-        path = os.path.join(directory, rollout_state_file(self.index))
-        if os.path.exists(path):
+    def load_checkpoint(self, directory: str, saved_workers: int, step: int) -> None:
+        """Restore the engine's sampling state. A worker the checkpoint was saved with must find its file
+        (else CheckpointInvalid); one beyond ``saved_workers`` (more workers than were saved) has none, and
+        its engine is seeded with ``derived_seed(seed, "rollout", index, step)``."""
+        name = rollout_state_file(self.index)
+        path = os.path.join(directory, name)
+        if self.index >= saved_workers:
+            self.engine.reseed(derived_seed(self.cfg.runner.seed, "rollout", self.index, step))
+        elif not os.path.exists(path):
+            raise CheckpointInvalid(directory, f"missing {name}: rollout worker {self.index} of the "
+                                    f"{saved_workers} saved has no sampling state to load")
+        else:
             self.engine.load_state_dict(load_torch(path))
 
 

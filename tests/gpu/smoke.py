@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[2]
-PROMPTS = ["abc", "hello", "xyz", "12 34"]
+PROMPTS = ["abc", "hello", "xyz", "12 34"]  # for the model check
+N_PROMPTS = 4
 N_SAMPLES = 4
 
 
@@ -74,13 +75,20 @@ def new_actor(cfg: Any) -> Any:
     return actor
 
 
+def prompt_items(cfg: Any) -> list[dict]:
+    """A few prompt items of the configured task, as the coordinator hands them to the rollout workers."""
+    from rayrl.data.tasks import get_task
+
+    return get_task(cfg.data).build_dataset(N_PROMPTS, cfg.runner.seed)
+
+
 def make_batch(cfg: Any) -> dict:
     """One step's batch as the coordinator builds it, from the hf engine's samples."""
     import torch
 
     from rayrl.workers.rollout import RolloutWorker
 
-    rollouts = RolloutWorker(cfg, 0).generate(PROMPTS, N_SAMPLES, 1)
+    rollouts = RolloutWorker(cfg, 0).generate(prompt_items(cfg), N_SAMPLES, 1, 0)
     rewards = torch.arange(len(rollouts.response_texts), dtype=torch.float32) % 3
     from rayrl.algorithms.grpo import group_advantages
 
@@ -211,7 +219,7 @@ class Suite:
             actor.shutdown()
         fresh = new_actor(cfg)
         try:
-            fresh.load_checkpoint(str(ckpt / "s2"))
+            fresh.load_checkpoint(str(ckpt / "s2"), saved_world_size=1, step=2)
             bad = same(at_save, full_weights(fresh), exact=True)
             assert not bad, f"loaded weights differ from the state at save time: {bad[:3]}"
             again = fresh.train_step(self.batch)["loss"]
@@ -244,14 +252,18 @@ class Suite:
         cfg = make_config(self.model_dir, self.gpus)
         w0, w1 = RolloutWorker(cfg, 0), RolloutWorker(cfg, 1)
         assert {g.device.type for g in w0.engine.generators.values()} == {"cpu", self.device}
+        items = prompt_items(cfg)
+
+        def sample(worker: RolloutWorker, step: int) -> torch.Tensor:
+            return worker.generate(items, N_SAMPLES, step, 0).response_ids
+
         w0.save_checkpoint(str(self.work / "rollout"))
-        a1, a2 = w0.generate(PROMPTS, N_SAMPLES, 1).response_ids, w0.generate(PROMPTS, N_SAMPLES, 2).response_ids
-        b1 = w1.generate(PROMPTS, N_SAMPLES, 1).response_ids
+        a1, a2, b1 = sample(w0, 1), sample(w0, 2), sample(w1, 1)
         assert not torch.equal(a1, a2), "the same samples in two steps"
         assert not torch.equal(a1, b1), "the same samples on two workers"
         resumed = RolloutWorker(cfg, 0)
-        resumed.load_checkpoint(str(self.work / "rollout"))
-        r1, r2 = resumed.generate(PROMPTS, N_SAMPLES, 1).response_ids, resumed.generate(PROMPTS, N_SAMPLES, 2).response_ids
+        resumed.load_checkpoint(str(self.work / "rollout"), saved_workers=1, step=0)
+        r1, r2 = sample(resumed, 1), sample(resumed, 2)
         assert torch.equal(r1, a1) and torch.equal(r2, a2), "a resumed worker draws other samples"
         return "new noise per step and per worker; resume reproduces"
 
