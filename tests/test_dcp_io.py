@@ -19,7 +19,7 @@ from rayrl.config import CheckpointConfig
 
 def _state(seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {"model": {"w": torch.randn(256, 64, generator=g), "b": torch.randn(64, generator=g)},
+    return {"model": {"w": torch.randn(1024, 1024, generator=g), "b": torch.randn(64, generator=g)},
             "optimizer": {"m": torch.randn(300, 50, generator=g), "step": torch.tensor(3.0)}}
 
 

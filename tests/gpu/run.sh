@@ -17,7 +17,14 @@ for wheel in "$root"/tests/gpu/wheels/*.whl; do
     [[ -e $wheel ]] && path="$path:$wheel"
 done
 export PYTHONPATH="$path${PYTHONPATH:+:$PYTHONPATH}"
-timeout --kill-after=10 480 "$py" "$root/tests/gpu/smoke.py" "$@"
-rc=$?
-[[ $rc == 124 ]] && echo "tests/gpu/run.sh: stopped after 8 minutes" >&2
+out=$(mktemp -t rayrl-gpu-smoke.XXXXXX)
+timeout --kill-after=10 480 "$py" "$root/tests/gpu/smoke.py" "$@" 2>&1 | tee "$out"
+rc=${PIPESTATUS[0]}
+[[ $rc == 124 || $rc == 137 ]] && echo "tests/gpu/run.sh: stopped after 8 minutes" >&2
+# A crash (a segfault, a CUDA abort) or the time limit ends smoke.py before its summary: say so in the same form.
+if ! grep -Eq '^[0-9]+ passed, [0-9]+ failed' "$out"; then
+    echo "0 passed, 1 failed, 0 not applicable (smoke.py exited with status $rc before its summary)"
+    ((rc != 0)) || rc=1
+fi
+rm -f "$out"
 exit $rc
