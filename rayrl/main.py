@@ -141,7 +141,8 @@ def run(cfg) -> int:
     temp_dir = _init_ray(cfg)
     coordinator = None
     try:
-        problem = cluster_problem(cfg, own_instance=temp_dir is not None)
+        problem = cluster_problem(cfg, own_instance=temp_dir is not None,
+                                  report=lambda message: log.warning("rayrl: %s", message))
         if problem is not None:
             return _config_error(problem)
         coordinator = _launch(cfg)

@@ -9,14 +9,6 @@ import torch
 from torch import Tensor
 
 
-def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    """Mean of x over positions where mask is 1; 0 where the mask is empty (instead of NaN)."""
-    mask = mask.to(x.dtype)
-    if dim is None:
-        return (x * mask).sum() / mask.sum().clamp_min(1.0)
-    return (x * mask).sum(dim=dim) / mask.sum(dim=dim).clamp_min(1.0)
-
-
 def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
     """log p(tokens[b, t]) under logits[b, t], in float32.
 

@@ -70,9 +70,9 @@ class Trackers:
             if self._tb is not None:
                 self._tb.close()
 
-            # purge_step: steps after the checkpoint, logged before a crash, are dropped from the curves
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"),
-                                     purge_step=None if resumed_step is None else resumed_step + 1)
+            # purge_step: steps after the checkpoint (all of them on a fresh start), logged before a crash,
+            # are dropped from the curves
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=(resumed_step or 0) + 1)
         if "wandb" in self.names and self._wandb is None:
             import wandb
 

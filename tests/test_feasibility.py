@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rayrl.config import load_config
 from rayrl.workers.feasibility import Demand, never_fits, run_demands
-from tests.support import run_rayrl
+from tests.support import env_for_tests, run_rayrl
 
 CPU_NODE = {"CPU": 8.0}
 GPU_NODE = {"CPU": 16.0, "GPU": 2.0}
@@ -41,12 +41,29 @@ def test_a_group_larger_than_the_cluster_names_its_size_key() -> None:
                        "the whole cluster has 4")
 
 
-def test_gpu_request_on_a_cpu_cluster_fails_fast(tmp_path: Path) -> None:
+NO_GPU_NODE = ("actor.num_gpus_per_worker: each actor worker asks for {CPU: 1, GPU: 1}, and no node of this "
+               "cluster has that (nodes: {CPU: ")
+
+
+def test_gpu_request_on_this_machine_fails_fast(tmp_path: Path) -> None:
+    """On the Ray instance rayrl starts itself (no RAY_ADDRESS) nothing can join: exit 2 at once."""
     t0 = time.monotonic()
-    proc = run_rayrl(tmp_path, "actor.num_gpus_per_worker=1", "runner.resource_wait_s=600", timeout=120)
+    proc = run_rayrl(tmp_path, "actor.num_gpus_per_worker=1", "runner.resource_wait_s=600", timeout=120,
+                     env=env_for_tests())
     assert proc.returncode == 2, proc.stdout
     last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("rayrl: config error: actor.num_gpus_per_worker: each actor worker asks for "
-                           "{CPU: 1, GPU: 1}, and no node of this cluster has that (nodes: {CPU: "), last
+    assert last.startswith(f"rayrl: config error: {NO_GPU_NODE}"), last
     assert last.endswith("; the cluster does not autoscale"), last
     assert time.monotonic() - t0 < 60  # not runner.resource_wait_s
+
+
+def test_gpu_request_on_a_joined_cluster_waits_for_a_node_and_says_which_key(tmp_path: Path) -> None:
+    """On a cluster the run joined (RAY_ADDRESS), a GPU node may be down or still joining: the run waits for it
+    (runner.resource_wait_s) as for any lost resource, saying what it lacks, rather than exit 2, which
+    run_main.sh would never relaunch."""
+    proc = run_rayrl(tmp_path, "actor.num_gpus_per_worker=1", "runner.resource_wait_s=2", "runner.max_restarts=0",
+                     timeout=180)
+    assert proc.returncode == 1, proc.stdout
+    assert f"waiting for nodes to join this cluster (at most runner.resource_wait_s=2 s per attempt): {NO_GPU_NODE}" \
+        in proc.stdout, proc.stdout[-3000:]
+    assert "not available within runner.resource_wait_s=2 s" in proc.stdout, proc.stdout[-3000:]

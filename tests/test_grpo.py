@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rayrl.algorithms.grpo import group_advantages, kl_k3, policy_loss
-from rayrl.tensors import masked_mean, response_mask_from, token_logprobs
+from rayrl.tensors import response_mask_from, token_logprobs
 
 
 def test_group_advantages_normalised_by_population_std():
@@ -34,14 +34,6 @@ def test_group_advantages_three_samples():
 def test_group_advantages_rejects_ragged_batch():
     with pytest.raises(ValueError, match="divisible by n=4"):
         group_advantages(torch.zeros(6), n=4)
-
-
-def test_masked_mean():
-    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
-    m = torch.tensor([[1, 1, 0], [0, 0, 1]])
-    assert masked_mean(x, m).item() == pytest.approx((1 + 2 + 6) / 3)
-    torch.testing.assert_close(masked_mean(x, m, dim=1), torch.tensor([1.5, 6.0]))
-    assert masked_mean(x, torch.zeros_like(m)).item() == 0.0
 
 
 def test_kl_k3_values():

@@ -1,10 +1,13 @@
 """Whether the cluster can ever hold the run's workers, checked once at start-up.
 
 Ray keeps a request no node can satisfy pending for ever (it calls it infeasible): without this check the
-run would wait ``runner.resource_wait_s`` for it, and again after every restart. On a cluster that does not
-autoscale such a request is a config error (exit 2) naming the key, what it asks and what the cluster has.
-A cluster whose autoscaler reported its node types (Ray's autoscaler v2, KubeRay) is checked against what it
-can grow to; what it lacks now is waited for, and the log says what.
+run would wait ``runner.resource_wait_s`` for it, and again after every restart. On the Ray instance rayrl
+started itself (this machine, which cannot grow) such a request is a config error (exit 2) naming the key,
+what it asks and what the cluster has. A cluster whose autoscaler reported its node types (Ray's autoscaler
+v2, KubeRay) is checked against what it can grow to. On any other cluster that rayrl joined, a node that has
+the resource may be down for the moment (a relaunch after a node loss) or still joining (a job started with
+the head node): what it lacks is waited for as any lost resource is, and the log says what and which key to
+change if no such node will come.
 """
 
 from __future__ import annotations
@@ -81,7 +84,11 @@ def cluster_problem(cfg: Any, own_instance: bool, report: Callable[[str], None] 
     if growth is None:
         capacity = {r: sum(n.get(r, 0.0) for n in nodes) for r in {r for n in nodes for r in n}}
         problem = never_fits(demands, nodes, capacity)
-        return None if problem is None else f"{problem}; the cluster does not autoscale"
+        if problem is None or own_instance:
+            return None if problem is None else f"{problem}; the cluster does not autoscale"
+        report(f"waiting for nodes to join this cluster (at most runner.resource_wait_s="
+               f"{cfg.runner.resource_wait_s:g} s per attempt): {problem}; if no such node will come, change that key")
+        return None
     shapes, limit = growth
     problem = never_fits(demands, nodes + shapes, limit)
     if problem is not None:
