@@ -102,6 +102,8 @@ class CheckpointConfig:
     verify_checksums: bool = True  # verify manifest checksums on resume (DCP shards as the actor ranks read them)
     export_hf_every: int = _field(0, _ge(0))  # also export a HF model dir every N steps; 0 = never
     timeout_s: float = _field(1800.0, _gt(0))  # bound on a checkpoint load, save or wait (not the step's)
+    memory_replicas: int = _field(0, _within(0, 1))  # 1 = the newest step also in host memory, each actor shard on a peer node
+    memory_budget_gb: Optional[float] = _field(None, _gt(0))  # cap on that memory per rank; over it: storage only
 
 
 @dataclass

@@ -46,8 +46,15 @@ class RolloutWorker(WorkerBase):
         """Write the engine's sampling state; returns the digest of the file written."""
         os.makedirs(directory, exist_ok=True)
         name = rollout_state_file(self.index)
-        save_torch(self.engine.state_dict(), os.path.join(directory, name))
+        save_torch(self.sampling_state(), os.path.join(directory, name))
         return {name: file_digest(os.path.join(directory, name))}
+
+    def sampling_state(self) -> dict[str, Any]:
+        """The engine's sampling state, as a checkpoint holds it (also kept in memory by the coordinator)."""
+        return self.engine.state_dict()
+
+    def load_sampling_state(self, state: dict[str, Any]) -> None:
+        self.engine.load_state_dict(state)
 
     def load_checkpoint(self, directory: str, saved_workers: int, step: int) -> None:
         """Restore the engine's sampling state. A worker the checkpoint was saved with must find its file
