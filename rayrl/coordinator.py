@@ -280,27 +280,23 @@ class Coordinator:
         export, export_every = HFExportPart(fleet), cfg.runner.checkpoint.export_hf_every
         if start_dir is not None or memory is not None:
             t0 = time.perf_counter()
-            if memory is not None:
-                state, source = self.replicas.load(memory, fleet, stream), "memory"
-            else:
-                state, source = self.manager.load(start_dir, parts), "storage"
+            state, start_dir, where = self._load(start_dir, memory, parts, stream)
             load_s = time.perf_counter() - t0  # every role restored; the weight sync after it is not loading
             step = int(state["global_step"])
             t0 = time.perf_counter()
             sync_weights(fleet)
             sync_s = time.perf_counter() - t0
-            where = f"step {step} in memory" if memory is not None else start_dir
+            source = "storage" if start_dir is not None else "memory"
             self.events.emit("resumed", f"Resumed from {where}: next step {step + 1}", step=step,
-                             path=start_dir, source=source,
-                             start_s=start_s, load_s=load_s, sync_s=sync_s)
+                             path=start_dir, source=source, start_s=start_s, load_s=load_s, sync_s=sync_s)
             self.recovery.loaded_from(source, start_s=start_s, load_s=load_s, sync_s=sync_s)
-            self._report_config_changes(state, step, start_dir or where)
+            self._report_config_changes(state, step, where)
         else:
             self.events.emit("fresh_start", "No checkpoint to resume from: starting fresh at step 1",
                              start_s=start_s)
         self.recovery.resumed(step)
         self.metrics.truncate_after(step)
-        self.trackers.open(step if start_dir is not None else None)
+        self.trackers.open(step if start_dir is not None or memory is not None else None)
         scoring = Scoring(cfg, self.reward_specs)
         while step < runner.max_steps:
             step += 1
@@ -331,6 +327,21 @@ class Coordinator:
         self.manager.wait()
         self._teardown()
         return {"status": "done", "final_step": step}
+
+    def _load(self, start_dir: str | None, memory: MemoryStep | None, parts: list, stream: BatchStream
+              ) -> tuple[dict[str, Any], str | None, str]:
+        """Load every part from ``memory`` or else ``start_dir``; the trainer state, the step directory read
+        (None: none, loaded from memory) and what was loaded, for the log. A memory copy that cannot be
+        loaded after all (lost in the meantime) falls back to storage within the same recovery."""
+        if memory is not None:
+            try:
+                return self.replicas.load(memory, self.fleet, stream), None, f"step {memory.step} in memory"
+            except InfraFailure as err:
+                start_dir = self._start_point(True)
+                if start_dir is None:
+                    raise
+                log.warning("could not load step %d from memory (%s); loading %s", memory.step, err, start_dir)
+        return self.manager.load(start_dir, parts), start_dir, start_dir
 
     def _report_config_changes(self, state: dict[str, Any], step: int, start_dir: str) -> None:
         """One warning listing every key the current config sets differently from the checkpoint's: the

@@ -139,7 +139,7 @@ class MemoryReplicas:
             if set(where.get("node_ids") or []) & alive:
                 return ref
             size = where.get("object_size")
-            if not where.get("node_ids") and size is not None and size < INLINE_LIMIT_BYTES:
+            if not where.get("node_ids") and size is not None and size < INLINE_LIMIT_BYTES and _holds_value(ref):
                 return ref  # in the coordinator's own memory: Ray keeps objects this small with their owner
         return None
 
@@ -156,3 +156,13 @@ class MemoryReplicas:
 
     def step_finished(self) -> None:
         self.loading = False
+
+
+def _holds_value(ref: ray.ObjectRef) -> bool:
+    """Whether a small object in the coordinator's memory is a copy, not the error Ray keeps in its place
+    when the task that was to make it failed (its worker or node died first)."""
+    try:
+        ray.get(ref, timeout=LOCATE_TIMEOUT_MS / 1000)
+        return True
+    except Exception:  # noqa: BLE001 -- any error: that copy is not there
+        return False
