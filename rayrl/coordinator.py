@@ -26,9 +26,10 @@ import ray
 
 import rayrl
 from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid, NoValidCheckpoint
-from rayrl.checkpoint.format import CHECKPOINTS_DIR, M_STEP
+from rayrl.checkpoint.format import M_STEP
 from rayrl.checkpoint.manifest import read_manifest
-from rayrl.config import ConfigError, config_changes, config_to_dict
+from rayrl.checkpoint.storage import storage_for
+from rayrl.config import ConfigError, checkpoint_dir, config_changes, config_to_dict
 from rayrl.data.tasks import get_task, run_reward_specs
 from rayrl.failures import InfraFailure, WorkerId, check_finite
 from rayrl.managers import build_manager, resolve_manager
@@ -76,7 +77,7 @@ class Coordinator:
         self.run_dir = Path(cfg.runner.log_path)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lock = RunLock(self.run_dir)
-        self.manager = build_manager(manager_cls, cfg, str(self.run_dir / CHECKPOINTS_DIR))
+        self.manager = build_manager(manager_cls, cfg, checkpoint_dir(cfg))
         self.dataset = get_task(cfg.data).build_dataset(cfg.data.num_samples, cfg.runner.seed)
         self.reward_specs = run_reward_specs(cfg.data)
         self.metrics = MetricsLog(self.run_dir)
@@ -137,7 +138,7 @@ class Coordinator:
                 self._teardown()
                 raise self._no_valid(err) from None
             except Exception as err:
-                if isinstance(err, CheckpointInvalid) and start_dir is not None and not os.path.exists(start_dir):
+                if isinstance(err, CheckpointInvalid) and start_dir is not None and not self._storage(start_dir).exists(start_dir):
                     # a file of the step failed its checksum while the workers read it: the manager moved
                     # the step aside, so resume from the next valid one into the same workers
                     restarted = True
@@ -165,6 +166,9 @@ class Coordinator:
         delay = self.recovery.failed(failure.what, failure.cause, failure.node or where.get("node"),
                                      where.get("pid"), preemption=failure.preemption, replaced=replaced)
         time.sleep(delay)
+
+    def _storage(self, path: str) -> Any:
+        return storage_for(path, self.cfg.runner.checkpoint.storage_options)
 
     def _start_point(self, restarted: bool) -> str | None:
         """The step directory to start from (None: fresh). Steps that exist but none of which verifies stop
@@ -255,7 +259,7 @@ class Coordinator:
         from rayrl.workers.fleet import Fleet
 
         cfg, runner = self.cfg, self.cfg.runner
-        step = _step_of(start_dir) if start_dir is not None else 0
+        step = _step_of(start_dir, self._storage(start_dir)) if start_dir is not None else 0
         if step >= runner.max_steps:  # nothing to load: no workers needed (and none kept from a recovery)
             self._teardown()
             self.recovery.resumed(step)
@@ -270,7 +274,7 @@ class Coordinator:
         fleet.start(report=lambda message: self.events.emit("waiting_for_resources", message))
         start_s = time.perf_counter() - t0  # resources, worker processes (imports), process group
         stream = BatchStream(self.dataset, cfg.data.batch_size, runner.seed)
-        parts = [ActorPart(fleet), RolloutPart(fleet), DataPart(stream)]
+        parts = [ActorPart(fleet), RolloutPart(fleet), DataPart(stream, cfg.runner.checkpoint.storage_options)]
         export, export_every = HFExportPart(fleet), cfg.runner.checkpoint.export_hf_every
         if start_dir is not None:
             t0 = time.perf_counter()
@@ -354,10 +358,10 @@ class Coordinator:
             self.fleet = None
 
 
-def _step_of(step_dir: str) -> int:
+def _step_of(step_dir: str, storage: Any) -> int:
     """The step a checkpoint holds, from its manifest; -1 when it has none (a custom manager's layout):
     then the workers load it and its trainer state says."""
     try:
-        return int(read_manifest(step_dir)[M_STEP])
+        return int(read_manifest(step_dir, storage)[M_STEP])
     except CheckpointError:
         return -1
