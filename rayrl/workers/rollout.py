@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 
 from rayrl.checkpoint.errors import CheckpointInvalid
 from rayrl.checkpoint.format import rollout_state_file
-from rayrl.checkpoint.manifest import file_digest
 from rayrl.checkpoint.rng import derived_seed
-from rayrl.checkpoint.safe_io import load_torch, save_torch
+from rayrl.checkpoint.storage import storage_for
+from rayrl.checkpoint.torch_files import read_torch, write_torch
 from rayrl.data.prompts import render_prompt
 from rayrl.data.scoring import Scorer
 from rayrl.engines import GenerationEngine, Rollouts
@@ -44,24 +43,25 @@ class RolloutWorker(WorkerBase):
 
     def save_checkpoint(self, directory: str) -> dict[str, dict]:
         """Write the engine's sampling state; returns the digest of the file written."""
-        os.makedirs(directory, exist_ok=True)
+        storage = storage_for(directory, self.cfg.runner.checkpoint.storage_options)
+        storage.makedirs(directory)
         name = rollout_state_file(self.index)
-        save_torch(self.engine.state_dict(), os.path.join(directory, name))
-        return {name: file_digest(os.path.join(directory, name))}
+        return {name: write_torch(storage, storage.join(directory, name), self.engine.state_dict())}
 
     def load_checkpoint(self, directory: str, saved_workers: int, step: int) -> None:
         """Restore the engine's sampling state. A worker the checkpoint was saved with must find its file
         (else CheckpointInvalid); one beyond ``saved_workers`` (more workers than were saved) has none, and
         its engine is seeded with ``derived_seed(seed, "rollout", index, step)``."""
+        storage = storage_for(directory, self.cfg.runner.checkpoint.storage_options)
         name = rollout_state_file(self.index)
-        path = os.path.join(directory, name)
+        path = storage.join(directory, name)
         if self.index >= saved_workers:
             self.engine.reseed(derived_seed(self.cfg.runner.seed, "rollout", self.index, step))
-        elif not os.path.exists(path):
+        elif not storage.isfile(path):
             raise CheckpointInvalid(directory, f"missing {name}: rollout worker {self.index} of the "
                                     f"{saved_workers} saved has no sampling state to load")
         else:
-            self.engine.load_state_dict(load_torch(path))
+            self.engine.load_state_dict(read_torch(storage, path))
 
 
 def make_engine(cfg: Any, worker_index: int) -> GenerationEngine:
