@@ -28,6 +28,7 @@ import rayrl
 from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid, NoValidCheckpoint
 from rayrl.checkpoint.format import CHECKPOINTS_DIR, M_STEP
 from rayrl.checkpoint.manifest import read_manifest
+from rayrl.checkpoint.storage_check import remove_marker, write_marker
 from rayrl.config import ConfigError, config_changes, config_to_dict
 from rayrl.data.tasks import get_task, run_reward_specs
 from rayrl.failures import InfraFailure, WorkerId, check_finite
@@ -76,7 +77,8 @@ class Coordinator:
         self.run_dir = Path(cfg.runner.log_path)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lock = RunLock(self.run_dir)
-        self.manager = build_manager(manager_cls, cfg, str(self.run_dir / CHECKPOINTS_DIR))
+        self.checkpoint_dir = str(self.run_dir / CHECKPOINTS_DIR)
+        self.manager = build_manager(manager_cls, cfg, self.checkpoint_dir)
         self.dataset = get_task(cfg.data).build_dataset(cfg.data.num_samples, cfg.runner.seed)
         self.reward_specs = run_reward_specs(cfg.data)
         self.metrics = MetricsLog(self.run_dir)
@@ -267,8 +269,9 @@ class Coordinator:
             self.fleet = Fleet(cfg, owner=self.actor_id)
         fleet = self.fleet
         t0 = time.perf_counter()
-        fleet.start(report=lambda message: self.events.emit("waiting_for_resources", message))
+        new_roles = fleet.start(report=lambda message: self.events.emit("waiting_for_resources", message))
         start_s = time.perf_counter() - t0  # resources, worker processes (imports), process group
+        self._check_storage(fleet, new_roles)
         stream = BatchStream(self.dataset, cfg.data.batch_size, runner.seed)
         parts = [ActorPart(fleet), RolloutPart(fleet), DataPart(stream)]
         export, export_every = HFExportPart(fleet), cfg.runner.checkpoint.export_hf_every
@@ -314,6 +317,33 @@ class Coordinator:
         self.manager.wait()
         self._teardown()
         return {"status": "done", "final_step": step}
+
+    def _check_storage(self, fleet: Fleet, roles: set[str]) -> None:
+        """Every worker just brought up must see the checkpoint directory this process writes: a node with a
+        disk of its own at that path would train, then fail the first save (and leave its shards there).
+        A marker with a fresh nonce, read back by each worker, then removed; a worker that cannot is a
+        config error (exit 2) naming its node, the path and the fix."""
+        path, nonce = write_marker(self.checkpoint_dir)
+        try:
+            answers = fleet.read_storage_marker(path, nonce, roles)
+        finally:
+            remove_marker(path)
+        blind = {wid: a for wid, a in sorted(answers.items(), key=lambda item: item[0].sort_key()) if a["problem"]}
+        if not blind:
+            return
+        nodes: dict[str, dict[str, Any]] = {}
+        for wid, a in blind.items():
+            nodes.setdefault(a["node"], {"ip": a["ip"], "workers": []})["workers"].append(str(wid))
+        where = "; ".join(f"{', '.join(n['workers'])} on node {n['ip']} (Ray node id {node})"
+                          for node, n in nodes.items())
+        first = next(iter(blind.values()))
+        message = (f"runner.output_dir: the checkpoint directory {self.checkpoint_dir} is not the same storage on "
+                   f"every node: {where} cannot read the marker this run wrote there ({first['problem']}). "
+                   "Mount one shared filesystem at the same path on every node (NFS, Lustre, a cloud file "
+                   "store), or keep the checkpoints on object storage")
+        self.events.emit("storage_not_shared", message, path=self.checkpoint_dir, node=first["node"],
+                         ip=first["ip"], workers={str(w): a for w, a in blind.items()})
+        raise ConfigError(message)
 
     def _report_config_changes(self, state: dict[str, Any], step: int, start_dir: str) -> None:
         """One warning listing every key the current config sets differently from the checkpoint's: the

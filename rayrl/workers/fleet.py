@@ -64,9 +64,10 @@ class Fleet:
         spec = self.specs.get(worker.role)
         return worker if spec is None or spec.host is None else WorkerId(spec.host, worker.index)
 
-    def start(self, report: Callable[[str], None] = log.info) -> None:
+    def start(self, report: Callable[[str], None] = log.info) -> set[str]:
         """Wait for resources, create the workers of every group that has none (all of them at first, the
-        replaced ones after a failure) and, when the actor ranks are new, join them into one torch group.
+        replaced ones after a failure) and, when the actor ranks are new, join them into one torch group;
+        the names of the groups brought up.
         Start-up (processes importing torch, joining the group) is bounded like the wait for resources,
         not by the step timeout: a step is seconds, a cold start on a busy node may be much longer."""
         runner, cfg = self.cfg.runner, self.cfg
@@ -88,6 +89,14 @@ class Fleet:
         others = [wid for wid, _ in workers if wid not in ranks]
         results = self._gather(calls + [pings[wid] for wid in others], ranks + others, bound)
         self._locate(others, results[len(calls):])
+        return new_names
+
+    def read_storage_marker(self, path: str, nonce: str, roles: set[str]) -> dict[WorkerId, dict[str, Any]]:
+        """Every worker of ``roles`` reads the storage marker back: worker -> {problem, node, ip}."""
+        workers = [(wid, w) for wid, w in self.workers() if wid.role in roles]
+        answers = self._gather([w.read_storage_marker.remote(path, nonce) for _, w in workers],
+                               [wid for wid, _ in workers])
+        return {wid: answer for (wid, _), answer in zip(workers, answers)}
 
     def _join_process_group(self, group: WorkerGroup, pings: dict[WorkerId, ray.ObjectRef],
                             bound: float) -> list[ray.ObjectRef]:
