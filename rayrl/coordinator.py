@@ -377,7 +377,7 @@ class Coordinator:
         return {
             "global_step": step, "consumed_samples": stream.consumed_samples, "epoch": stream.epoch,
             "metrics": metrics,
-            "world_sizes": {"actor": cfg.actor.world_size, "rollout": cfg.rollout.num_workers},
+            "world_sizes": {"actor": cfg.actor.world_size, "rollout": self.fleet.rollout.size},
             "config": config_to_dict(cfg),
             "versions": {"rayrl": rayrl.__version__, "torch": torch.__version__, "ray": ray.__version__,
                          "python": platform.python_version()},
