@@ -98,9 +98,11 @@ def test_sigterm_saves_the_current_step_and_a_hang_hits_the_step_timeout(referen
     (tests/hang_hook) and runner.step_timeout_s catches it, spending the one counted recovery. The hang
     begins right after step 12's asynchronous save was started: the recovery keeps the actor ranks, lets
     their shards finish and commits step 12 (only the coordinator's step loop, stuck in step 13, would
-    have), so it resumes from 12, not from 8."""
+    have), so it resumes from 12, not from 8. Memory replicas are asked for with a budget far below what they
+    need: they are off, said once, and both recoveries read storage."""
     env = hang_env("13")
-    proc = spawn_rayrl(tmp_path, *STEPS, "runner.max_restarts=1", "runner.step_timeout_s=8", env=env)
+    proc = spawn_rayrl(tmp_path, *STEPS, "runner.max_restarts=1", "runner.step_timeout_s=8",
+                       "runner.checkpoint.memory_replicas=1", "runner.checkpoint.memory_budget_gb=0.00001", env=env)
     try:
         wait_running(proc, lambda: (tracker_step(tmp_path) or 0) >= 4 and last_step(tmp_path) >= 5, 300,
                      "step 5, after the checkpoint of step 4")
@@ -121,6 +123,9 @@ def test_sigterm_saves_the_current_step_and_a_hang_hits_the_step_timeout(referen
         first, noticed_after, saved)
     assert hung["what"] == "rollout[0]" and "no progress within runner.step_timeout_s=8" in hung["cause"], hung
     assert hung["counted"] and hung["restarts"] == 1 and second["resumed_from"] == 12, (hung, second)
+    assert first["source"] == second["source"] == "storage", (first, second)
+    (memory,) = events_named(tmp_path, "memory_replicas")
+    assert not memory["enabled"] and "exceeds runner.checkpoint.memory_budget_gb=1e-05" in memory["message"], memory
     assert rewards(tmp_path) == rewards(reference)
     assert_same_weights(final_weights(tmp_path, 20), final_weights(reference, 20))
     print("\n".join(["", *recovery_times(tmp_path)]))
