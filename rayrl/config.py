@@ -125,6 +125,8 @@ class RunnerConfig:
     save_on_preemption: bool = True  # on SIGTERM / node drain, checkpoint at the next step boundary
     loggers: Optional[list[str]] = None  # console, tensorboard, wandb; null = console + what is installed
     deterministic: bool = False  # GPU: deterministic kernels (torch, cuBLAS, vLLM batch-invariant); CPU is always exact
+    # split: actor, rollout and reference in processes of their own; colocated: all three in each actor rank
+    placement: str = _field("split", _one_of("split", "colocated"))
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
@@ -326,6 +328,7 @@ def validate(cfg: RayRLConfig) -> None:
     if cfg.actor.world_size > cfg.data.batch_size * cfg.rollout.n_samples_per_prompt:
         raise ConfigError(f"actor.world_size: must be <= data.batch_size * rollout.n_samples_per_prompt, "
                           f"or some ranks get no sample (got {cfg.actor.world_size})")
+    _check_colocated(cfg)
     model = cfg.actor.model
     if cfg.actor.mixed_precision and model.dtype != "float32":
         raise ConfigError(f"actor.mixed_precision: needs actor.model.dtype float32 for the master weights "
@@ -337,7 +340,20 @@ def validate(cfg: RayRLConfig) -> None:
         )
 
 
-REDACTED = "<redacted>"
+def _check_colocated(cfg: RayRLConfig) -> None:
+    """Colocated engines and references compute on their actor rank's device: on CPU they reserve no GPU;
+    on GPU rollout.num_gpus_per_worker is the share of the rank's GPU an engine takes while awake."""
+    if cfg.runner.placement != "colocated":
+        return
+    if cfg.actor.num_gpus_per_worker == 0:
+        for key in ("rollout", "reference"):
+            if getattr(cfg, key).num_gpus_per_worker > 0:
+                raise ConfigError(f"{key}.num_gpus_per_worker: must be 0 with runner.placement=colocated and the "
+                                  f"actor on CPU (actor.num_gpus_per_worker=0): it runs in the actor's processes")
+    elif not 0 < cfg.rollout.num_gpus_per_worker < 1:
+        raise ConfigError(f"rollout.num_gpus_per_worker: with runner.placement=colocated on GPU, the share of each "
+                          f"actor rank's GPU its engine takes while awake; must be in (0, 1) "
+                          f"(got {cfg.rollout.num_gpus_per_worker:g})")
 
 
 def config_to_dict(cfg: RayRLConfig) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid, NoValidC
 from rayrl.checkpoint.format import M_STEP
 from rayrl.checkpoint.manifest import read_manifest
 from rayrl.checkpoint.storage import storage_for
+from rayrl.checkpoint.storage_check import remove_marker, write_marker
 from rayrl.config import ConfigError, checkpoint_dir, config_changes, config_to_dict
 from rayrl.data.tasks import get_task, run_reward_specs
 from rayrl.failures import InfraFailure, WorkerId, check_finite
@@ -77,7 +78,8 @@ class Coordinator:
         self.run_dir = Path(cfg.runner.log_path)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lock = RunLock(self.run_dir)
-        self.manager = build_manager(manager_cls, cfg, checkpoint_dir(cfg))
+        self.checkpoint_dir = checkpoint_dir(cfg)
+        self.manager = build_manager(manager_cls, cfg, self.checkpoint_dir)
         self.dataset = get_task(cfg.data).build_dataset(cfg.data.num_samples, cfg.runner.seed)
         self.reward_specs = run_reward_specs(cfg.data)
         self.metrics = MetricsLog(self.run_dir)
@@ -271,8 +273,9 @@ class Coordinator:
             self.fleet = Fleet(cfg, owner=self.actor_id)
         fleet = self.fleet
         t0 = time.perf_counter()
-        fleet.start(report=lambda message: self.events.emit("waiting_for_resources", message))
+        new_roles = fleet.start(report=lambda message: self.events.emit("waiting_for_resources", message))
         start_s = time.perf_counter() - t0  # resources, worker processes (imports), process group
+        self._check_storage(fleet, new_roles)
         stream = BatchStream(self.dataset, cfg.data.batch_size, runner.seed)
         parts = [ActorPart(fleet), RolloutPart(fleet), DataPart(stream, cfg.runner.checkpoint.storage_options)]
         export, export_every = HFExportPart(fleet), cfg.runner.checkpoint.export_hf_every
@@ -319,6 +322,35 @@ class Coordinator:
         self._teardown()
         return {"status": "done", "final_step": step}
 
+    def _check_storage(self, fleet: Fleet, roles: set[str]) -> None:
+        """Every worker just brought up must see the checkpoint directory this process writes: a node with a
+        disk of its own at that path would train, then fail the first save (and leave its shards there).
+        A marker with a fresh nonce, read back by each worker, then removed; a worker that cannot is a
+        config error (exit 2) naming its node, the path and the fix."""
+        options = self.cfg.runner.checkpoint.storage_options
+        path, nonce = write_marker(self.checkpoint_dir, options)
+        try:
+            answers = fleet.read_storage_marker(path, nonce, roles)
+        finally:
+            remove_marker(path, options)
+        blind = {wid: a for wid, a in sorted(answers.items(), key=lambda item: item[0].sort_key()) if a["problem"]}
+        if not blind:
+            return
+        nodes: dict[str, dict[str, Any]] = {}
+        for wid, a in blind.items():
+            nodes.setdefault(a["node"], {"ip": a["ip"], "workers": []})["workers"].append(str(wid))
+        where = "; ".join(f"{', '.join(n['workers'])} on node {n['ip']} (Ray node id {node})"
+                          for node, n in nodes.items())
+        first = next(iter(blind.values()))
+        key = "runner.checkpoint.dir" if self.cfg.runner.checkpoint.dir else "runner.output_dir"
+        message = (f"{key}: the checkpoint directory {self.checkpoint_dir} is not the same storage on "
+                   f"every node: {where} cannot read the marker this run wrote there ({first['problem']}). "
+                   "Mount one shared filesystem at the same path on every node (NFS, Lustre, a cloud file "
+                   "store), or keep the checkpoints on object storage")
+        self.events.emit("storage_not_shared", message, path=self.checkpoint_dir, node=first["node"],
+                         ip=first["ip"], workers={str(w): a for w, a in blind.items()})
+        raise ConfigError(message)
+
     def _report_config_changes(self, state: dict[str, Any], step: int, start_dir: str) -> None:
         """One warning listing every key the current config sets differently from the checkpoint's: the
         current config is the one in force (the LR schedule included), so a change is worth seeing."""
@@ -345,7 +377,7 @@ class Coordinator:
         return {
             "global_step": step, "consumed_samples": stream.consumed_samples, "epoch": stream.epoch,
             "metrics": metrics,
-            "world_sizes": {"actor": cfg.actor.world_size, "rollout": cfg.rollout.num_workers},
+            "world_sizes": {"actor": cfg.actor.world_size, "rollout": self.fleet.rollout.size},
             "config": config_to_dict(cfg),
             "versions": {"rayrl": rayrl.__version__, "torch": torch.__version__, "ray": ray.__version__,
                          "python": platform.python_version()},

@@ -14,6 +14,8 @@ spells these names through this module, so the format has one definition (DESIGN
         trainer_state.json                  TRAINER_STATE_FILE
         manifest.json                       MANIFEST_FILE, written last
       .tmp-*                                TEMP_PREFIX: unfinished writes, never a step
+      .storage-check                        STORAGE_MARKER_FILE: the start-up check that every worker sees
+                                            this directory (written, read back by every worker, removed)
       run_<k>/                              ARCHIVE_PREFIX: earlier runs (resume_mode=disable)
 """
 
@@ -24,6 +26,7 @@ TRACKER_FILE = "latest_checkpointed_iteration.txt"
 STEP_PREFIX = "global_step_"
 ARCHIVE_PREFIX = "run_"
 TEMP_PREFIX = ".tmp-"
+STORAGE_MARKER_FILE = ".storage-check"
 
 # one subdirectory per participant of a step
 ACTOR_DIR = "actor"

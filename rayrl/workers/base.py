@@ -42,6 +42,16 @@ class WorkerBase:
         return {"role": self.role, "index": self.index, "pid": os.getpid(),
                 "node": ray.get_runtime_context().get_node_id(), "preemption_notice": self.preemption_notice}
 
+    def read_storage_marker(self, path: str, nonce: str) -> dict[str, Any]:
+        """Whether this worker sees the marker the coordinator wrote (``problem`` None), and where it runs."""
+        import ray
+
+        from rayrl.checkpoint.storage_check import read_marker
+
+        problem = read_marker(path, nonce, self.cfg.runner.checkpoint.storage_options)
+        return {"problem": problem, "node": ray.get_runtime_context().get_node_id(),
+                "ip": ray.util.get_node_ip_address()}
+
     def rendezvous_address(self, bind_localhost: bool) -> tuple[str, int]:
         """An address and a free port on this node for the group's store (127.0.0.1 on a single node)."""
         import ray

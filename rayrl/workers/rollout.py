@@ -1,4 +1,8 @@
-"""RolloutWorker: one generation engine that samples responses and receives each new policy."""
+"""Sampling: one generation engine that samples responses, scores them and receives each new policy.
+
+``Sampler`` is the role itself, plain Python, so that either process can host it: a ``RolloutWorker`` of its
+own (runner.placement split) or an actor rank (colocated, rayrl.workers.colocated).
+"""
 
 from __future__ import annotations
 
@@ -17,11 +21,13 @@ from rayrl.engines import GenerationEngine, Rollouts
 from rayrl.workers.base import WorkerBase
 
 
-class RolloutWorker(WorkerBase):
+class Sampler:
+    """Engine ``index`` of the run, with its scorer (data.reward_workers null) and its sampling state."""
+
     def __init__(self, cfg: Any, index: int) -> None:
-        super().__init__(cfg, role="rollout", index=index)
+        self.cfg, self.index = cfg, index
         self.engine = make_engine(cfg, index)
-        self.scorer = None  # data.reward_workers null: this worker scores what it generates
+        self.scorer = None  # data.reward_workers null: this engine's host scores what it generates
         if cfg.data.reward_workers is None:
             from rayrl.data.tasks import run_reward_specs
 
@@ -49,9 +55,10 @@ class RolloutWorker(WorkerBase):
         return {name: write_torch(storage, storage.join(directory, name), self.engine.state_dict())}
 
     def load_checkpoint(self, directory: str, saved_workers: int, step: int) -> None:
-        """Restore the engine's sampling state. A worker the checkpoint was saved with must find its file
-        (else CheckpointInvalid); one beyond ``saved_workers`` (more workers than were saved) has none, and
-        its engine is seeded with ``derived_seed(seed, "rollout", index, step)``."""
+        """Restore the engine's sampling state. An engine the checkpoint was saved with must find its file
+        (else CheckpointInvalid); one beyond ``saved_workers`` (more engines than were saved, e.g. a split
+        checkpoint resumed colocated) has none, and is seeded with ``derived_seed(seed, "rollout", index,
+        step)``."""
         storage = storage_for(directory, self.cfg.runner.checkpoint.storage_options)
         name = rollout_state_file(self.index)
         path = storage.join(directory, name)
@@ -62,6 +69,14 @@ class RolloutWorker(WorkerBase):
                                     f"{saved_workers} saved has no sampling state to load")
         else:
             self.engine.load_state_dict(read_torch(storage, path))
+
+
+class RolloutWorker(WorkerBase, Sampler):
+    """A process of its own for one engine (runner.placement split)."""
+
+    def __init__(self, cfg: Any, index: int) -> None:
+        WorkerBase.__init__(self, cfg, role="rollout", index=index)
+        Sampler.__init__(self, cfg, index)
 
 
 def make_engine(cfg: Any, worker_index: int) -> GenerationEngine:
