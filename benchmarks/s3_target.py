@@ -8,6 +8,7 @@ benchmark leaves the S3 figures out.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 from typing import Iterator
@@ -24,6 +25,7 @@ def s3_target() -> Iterator[str | None]:
     except ImportError:
         yield None
         return
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -24,7 +24,7 @@ from rayrl.checkpoint.layout import CheckpointDir
 from rayrl.checkpoint.manager import DefaultCheckpointManager
 from rayrl.checkpoint.storage import FsspecStorage, StorageUnavailable, storage_for
 from rayrl.checkpoint.torch_files import read_torch, write_torch
-from rayrl.config import REDACTED, CheckpointConfig, config_to_dict, load_config
+from rayrl.config import REDACTED, CheckpointConfig, ConfigError, config_to_dict, load_config
 from tests.s3_server import s3_server  # noqa: F401 -- the fixture
 from tests.support import (
     RESUME_STEPS, actor_weights, assert_same_weights, env_for_tests, events_named, final_weights, kill_session,
@@ -222,12 +222,17 @@ def test_dcp_shards_are_written_and_checked_through_the_store(s3_server):
 
 
 def test_credentials_in_storage_options_are_redacted_and_a_missing_package_is_named(s3_server):
+    """The secret is a storage option (credentials); gcsfs is not installed here (gs:// URLs)."""
     secret = s3_server.secrets[1]
     cfg = load_config(None, ["runner.checkpoint.dir=s3://b/p", f"runner.checkpoint.storage_options.secret={secret}"])
     assert cfg.runner.checkpoint.storage_options == {"secret": secret}
     assert not s3_server.leaked(json.dumps(config_to_dict(cfg)))
     with pytest.raises(StorageUnavailable, match=r"pip install gcsfs"):
         storage_for("gs://bucket/run")
+    from rayrl.main import validate  # the driver's start-up check: exit 2 with this one line
+
+    with pytest.raises(ConfigError, match=r"^runner.checkpoint.dir: gs:// needs a package .*pip install gcsfs"):
+        validate(load_config(None, ["runner.checkpoint.dir=gs://bucket/run"]))
 
 
 # ---------------------------------------------------------------- end to end: rayrl with its checkpoints in S3
