@@ -102,6 +102,8 @@ class CheckpointConfig:
     verify_checksums: bool = True  # verify manifest checksums on resume (DCP shards as the actor ranks read them)
     export_hf_every: int = _field(0, _ge(0))  # also export a HF model dir every N steps; 0 = never
     timeout_s: float = _field(1800.0, _gt(0))  # bound on a checkpoint load, save or wait (not the step's)
+    dir: Optional[str] = _field(None, _NONEMPTY)  # null = <log_path>/checkpoints; or an fsspec URL (s3://bucket/prefix)
+    storage_options: dict[str, Any] = field(default_factory=dict)  # passed to fsspec; never written anywhere
 
 
 @dataclass
@@ -123,6 +125,8 @@ class RunnerConfig:
     save_on_preemption: bool = True  # on SIGTERM / node drain, checkpoint at the next step boundary
     loggers: Optional[list[str]] = None  # console, tensorboard, wandb; null = console + what is installed
     deterministic: bool = False  # GPU: deterministic kernels (torch, cuBLAS, vLLM batch-invariant); CPU is always exact
+    # split: actor, rollout and reference in processes of their own; colocated: all three in each actor rank
+    placement: str = _field("split", _one_of("split", "colocated"))
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
@@ -308,10 +312,11 @@ def validate(cfg: RayRLConfig) -> None:
     if ckpt.keep_top_k is not None and ckpt.metric is None:
         raise ConfigError("runner.checkpoint.keep_top_k: needs runner.checkpoint.metric to rank by")
     resume_dir = cfg.runner.resume_dir
-    if resume_dir is not None and not os.path.exists(resume_dir):
-        raise ConfigError(f"runner.resume_dir: does not exist: {resume_dir}")
-    if resume_dir is not None and not os.path.isdir(resume_dir):
-        raise ConfigError(f"runner.resume_dir: not a directory: {resume_dir}")
+    if resume_dir is not None and "://" not in resume_dir:  # a URL is checked through its filesystem (rayrl.main)
+        if not os.path.exists(resume_dir):
+            raise ConfigError(f"runner.resume_dir: does not exist: {resume_dir}")
+        if not os.path.isdir(resume_dir):
+            raise ConfigError(f"runner.resume_dir: not a directory: {resume_dir}")
     for i, logger in enumerate(cfg.runner.loggers or []):
         if logger not in LOGGERS:
             raise ConfigError(f"runner.loggers[{i}]: must be one of {', '.join(LOGGERS)} (got {logger!r})")
@@ -323,6 +328,7 @@ def validate(cfg: RayRLConfig) -> None:
     if cfg.actor.world_size > cfg.data.batch_size * cfg.rollout.n_samples_per_prompt:
         raise ConfigError(f"actor.world_size: must be <= data.batch_size * rollout.n_samples_per_prompt, "
                           f"or some ranks get no sample (got {cfg.actor.world_size})")
+    _check_colocated(cfg)
     model = cfg.actor.model
     if cfg.actor.mixed_precision and model.dtype != "float32":
         raise ConfigError(f"actor.mixed_precision: needs actor.model.dtype float32 for the master weights "
@@ -334,15 +340,43 @@ def validate(cfg: RayRLConfig) -> None:
         )
 
 
+def _check_colocated(cfg: RayRLConfig) -> None:
+    """Colocated engines and references compute on their actor rank's device: on CPU they reserve no GPU;
+    on GPU rollout.num_gpus_per_worker is the share of the rank's GPU an engine takes while awake."""
+    if cfg.runner.placement != "colocated":
+        return
+    if cfg.actor.num_gpus_per_worker == 0:
+        for key in ("rollout", "reference"):
+            if getattr(cfg, key).num_gpus_per_worker > 0:
+                raise ConfigError(f"{key}.num_gpus_per_worker: must be 0 with runner.placement=colocated and the "
+                                  f"actor on CPU (actor.num_gpus_per_worker=0): it runs in the actor's processes")
+    elif not 0 < cfg.rollout.num_gpus_per_worker < 1:
+        raise ConfigError(f"rollout.num_gpus_per_worker: with runner.placement=colocated on GPU, the share of each "
+                          f"actor rank's GPU its engine takes while awake; must be in (0, 1) "
+                          f"(got {cfg.rollout.num_gpus_per_worker:g})")
+
+
 def config_to_dict(cfg: RayRLConfig) -> dict[str, Any]:
-    """The config as plain JSON-able data (for trainer_state.json)."""
-    return dataclasses.asdict(cfg)
+    """The config as plain JSON-able data (for trainer_state.json, the loggers), with the values of
+    ``runner.checkpoint.storage_options`` (credentials, possibly) replaced by ``REDACTED``."""
+    data = dataclasses.asdict(cfg)
+    options = data["runner"]["checkpoint"].get("storage_options")
+    if options:
+        data["runner"]["checkpoint"]["storage_options"] = {key: REDACTED for key in options}
+    return data
+
+
+def checkpoint_dir(cfg: RayRLConfig) -> str:
+    """Where the run's checkpoints go: ``runner.checkpoint.dir``, else ``<runner.log_path>/checkpoints``."""
+    from rayrl.checkpoint.format import CHECKPOINTS_DIR
+
+    return cfg.runner.checkpoint.dir or os.path.join(cfg.runner.log_path, CHECKPOINTS_DIR)
 
 
 # Keys a resumed run may set differently from its checkpoint without it being a change of the training:
 # where the run writes and how it was started.
 RESUME_EXEMPT_KEYS = ("runner.experiment_name", "runner.output_dir", "runner.log_path", "runner.resume_dir",
-                      "runner.resume_mode")
+                      "runner.resume_mode", "runner.checkpoint.dir", "runner.checkpoint.storage_options")
 
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, list[Any]]:
@@ -359,7 +393,11 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, 
     old, new = flat(json.loads(json.dumps(saved))), flat(json.loads(json.dumps(current)))
     absent = "<absent>"
     return {key: [old.get(key, absent), new.get(key, absent)] for key in sorted(old.keys() | new.keys())
-            if key not in RESUME_EXEMPT_KEYS and old.get(key, absent) != new.get(key, absent)}
+            if key not in RESUME_EXEMPT_KEYS and not key.startswith(_EXEMPT_PREFIXES)
+            and old.get(key, absent) != new.get(key, absent)}
+
+
+_EXEMPT_PREFIXES = tuple(f"{key}." for key in RESUME_EXEMPT_KEYS)  # the keys inside a mapping
 
 
 def config_to_yaml(cfg: RayRLConfig) -> str:

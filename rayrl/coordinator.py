@@ -26,10 +26,11 @@ import ray
 
 import rayrl
 from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid, NoValidCheckpoint
-from rayrl.checkpoint.format import CHECKPOINTS_DIR, M_STEP
+from rayrl.checkpoint.format import M_STEP
 from rayrl.checkpoint.manifest import read_manifest
+from rayrl.checkpoint.storage import storage_for
 from rayrl.checkpoint.storage_check import remove_marker, write_marker
-from rayrl.config import ConfigError, config_changes, config_to_dict
+from rayrl.config import ConfigError, checkpoint_dir, config_changes, config_to_dict
 from rayrl.data.tasks import get_task, run_reward_specs
 from rayrl.failures import InfraFailure, WorkerId, check_finite
 from rayrl.managers import build_manager, resolve_manager
@@ -77,7 +78,7 @@ class Coordinator:
         self.run_dir = Path(cfg.runner.log_path)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lock = RunLock(self.run_dir)
-        self.checkpoint_dir = str(self.run_dir / CHECKPOINTS_DIR)
+        self.checkpoint_dir = checkpoint_dir(cfg)
         self.manager = build_manager(manager_cls, cfg, self.checkpoint_dir)
         self.dataset = get_task(cfg.data).build_dataset(cfg.data.num_samples, cfg.runner.seed)
         self.reward_specs = run_reward_specs(cfg.data)
@@ -139,7 +140,7 @@ class Coordinator:
                 self._teardown()
                 raise self._no_valid(err) from None
             except Exception as err:
-                if isinstance(err, CheckpointInvalid) and start_dir is not None and not os.path.exists(start_dir):
+                if isinstance(err, CheckpointInvalid) and start_dir is not None and not self._storage(start_dir).exists(start_dir):
                     # a file of the step failed its checksum while the workers read it: the manager moved
                     # the step aside, so resume from the next valid one into the same workers
                     restarted = True
@@ -167,6 +168,9 @@ class Coordinator:
         delay = self.recovery.failed(failure.what, failure.cause, failure.node or where.get("node"),
                                      where.get("pid"), preemption=failure.preemption, replaced=replaced)
         time.sleep(delay)
+
+    def _storage(self, path: str) -> Any:
+        return storage_for(path, self.cfg.runner.checkpoint.storage_options)
 
     def _start_point(self, restarted: bool) -> str | None:
         """The step directory to start from (None: fresh). Steps that exist but none of which verifies stop
@@ -257,7 +261,7 @@ class Coordinator:
         from rayrl.workers.fleet import Fleet
 
         cfg, runner = self.cfg, self.cfg.runner
-        step = _step_of(start_dir) if start_dir is not None else 0
+        step = _step_of(start_dir, self._storage(start_dir)) if start_dir is not None else 0
         if step >= runner.max_steps:  # nothing to load: no workers needed (and none kept from a recovery)
             self._teardown()
             self.recovery.resumed(step)
@@ -273,7 +277,7 @@ class Coordinator:
         start_s = time.perf_counter() - t0  # resources, worker processes (imports), process group
         self._check_storage(fleet, new_roles)
         stream = BatchStream(self.dataset, cfg.data.batch_size, runner.seed)
-        parts = [ActorPart(fleet), RolloutPart(fleet), DataPart(stream)]
+        parts = [ActorPart(fleet), RolloutPart(fleet), DataPart(stream, cfg.runner.checkpoint.storage_options)]
         export, export_every = HFExportPart(fleet), cfg.runner.checkpoint.export_hf_every
         if start_dir is not None:
             t0 = time.perf_counter()
@@ -323,11 +327,12 @@ class Coordinator:
         disk of its own at that path would train, then fail the first save (and leave its shards there).
         A marker with a fresh nonce, read back by each worker, then removed; a worker that cannot is a
         config error (exit 2) naming its node, the path and the fix."""
-        path, nonce = write_marker(self.checkpoint_dir)
+        options = self.cfg.runner.checkpoint.storage_options
+        path, nonce = write_marker(self.checkpoint_dir, options)
         try:
             answers = fleet.read_storage_marker(path, nonce, roles)
         finally:
-            remove_marker(path)
+            remove_marker(path, options)
         blind = {wid: a for wid, a in sorted(answers.items(), key=lambda item: item[0].sort_key()) if a["problem"]}
         if not blind:
             return
@@ -337,7 +342,8 @@ class Coordinator:
         where = "; ".join(f"{', '.join(n['workers'])} on node {n['ip']} (Ray node id {node})"
                           for node, n in nodes.items())
         first = next(iter(blind.values()))
-        message = (f"runner.output_dir: the checkpoint directory {self.checkpoint_dir} is not the same storage on "
+        key = "runner.checkpoint.dir" if self.cfg.runner.checkpoint.dir else "runner.output_dir"
+        message = (f"{key}: the checkpoint directory {self.checkpoint_dir} is not the same storage on "
                    f"every node: {where} cannot read the marker this run wrote there ({first['problem']}). "
                    "Mount one shared filesystem at the same path on every node (NFS, Lustre, a cloud file "
                    "store), or keep the checkpoints on object storage")
@@ -371,7 +377,7 @@ class Coordinator:
         return {
             "global_step": step, "consumed_samples": stream.consumed_samples, "epoch": stream.epoch,
             "metrics": metrics,
-            "world_sizes": {"actor": cfg.actor.world_size, "rollout": cfg.rollout.num_workers},
+            "world_sizes": {"actor": cfg.actor.world_size, "rollout": self.fleet.rollout.size},
             "config": config_to_dict(cfg),
             "versions": {"rayrl": rayrl.__version__, "torch": torch.__version__, "ray": ray.__version__,
                          "python": platform.python_version()},
@@ -384,10 +390,10 @@ class Coordinator:
             self.fleet = None
 
 
-def _step_of(step_dir: str) -> int:
+def _step_of(step_dir: str, storage: Any) -> int:
     """The step a checkpoint holds, from its manifest; -1 when it has none (a custom manager's layout):
     then the workers load it and its trainer state says."""
     try:
-        return int(read_manifest(step_dir)[M_STEP])
+        return int(read_manifest(step_dir, storage)[M_STEP])
     except CheckpointError:
         return -1

@@ -30,6 +30,7 @@ from rayrl.checkpoint.errors import CheckpointError
 from rayrl.checkpoint.format import ACTOR_DIR, MODEL_KEY, TRAINER_STATE_FILE
 from rayrl.checkpoint.manifest import verify_checkpoint
 from rayrl.checkpoint.safe_io import fsync_dir, fsync_tree, temp_name
+from rayrl.checkpoint.storage import Storage, storage_for
 from rayrl.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,16 @@ def export_hf(step_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     (DCP files and a trainer_state.json written by other means) is exported too. Raises ``CheckpointError``.
     A run's periodic exports (``export_hf_every``) are written by the actor ranks, not by this.
     """
-    step, out = Path(step_dir), Path(out_dir)
+    storage = storage_for(step_dir)  # a local path or a URL (credentials from the store's environment variables)
+    step, out = storage.join(step_dir), Path(out_dir)
     if verify:
-        verify_checkpoint(step, check_checksums=True)
+        verify_checkpoint(step, check_checksums=True, storage=storage)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(out, "already exists and is not an empty directory")
-    model_cfg, seed = _model_config(step)
+    model_cfg, seed = _model_config(storage, step)
     model, tokenizer = _skeleton(model_cfg, seed)
-    weights = _read_weights(step / ACTOR_DIR, {k: v.shape for k, v in model.state_dict().items()})
+    weights = _read_weights(storage, storage.join(step, ACTOR_DIR),
+                            {k: v.shape for k, v in model.state_dict().items()})
     temp = out.parent / temp_name(out.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -66,11 +69,11 @@ def export_hf(step_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     return out
 
 
-def _model_config(step: Path) -> tuple[ModelConfig, int]:
+def _model_config(storage: Storage, step: Path | str) -> tuple[ModelConfig, int]:
     """The run's ``actor.model`` config and seed, as saved with the step."""
-    path = step / TRAINER_STATE_FILE
+    path = storage.join(step, TRAINER_STATE_FILE)
     try:
-        config = json.loads(path.read_text())["config"]
+        config = json.loads(storage.read_bytes(path))["config"]
         saved = config["actor"]["model"]
         known = {f.name for f in dataclasses.fields(ModelConfig)}
         return ModelConfig(**{k: v for k, v in saved.items() if k in known}), int(config["runner"]["seed"])
@@ -102,16 +105,17 @@ def _skeleton(model_cfg: ModelConfig, seed: int) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _read_weights(dcp_dir: Path, expected: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+def _read_weights(storage: Storage, dcp_dir: Path | str, expected: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
     """The full (unsharded) weights saved under ``model``, read without a process group.
 
     The metadata is read safely and compared with the model first, so a checkpoint of another model fails
     with one line naming the tensor instead of an assertion deep inside DCP's planner.
     """
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import FileSystemReader
 
-    metadata = read_dcp_metadata(dcp_dir)
+    from rayrl.checkpoint.dcp_io import dcp_reader
+
+    metadata = read_dcp_metadata(dcp_dir, storage)
     mismatch = shape_mismatch(saved_shapes(metadata, MODEL_KEY), expected)
     if mismatch is not None:
         raise CheckpointError(dcp_dir, f"does not fit the run's model config: {mismatch}")
@@ -121,7 +125,7 @@ def _read_weights(dcp_dir: Path, expected: dict[str, torch.Size]) -> dict[str, t
                if fqn.startswith(prefix) and fqn[len(prefix):] in expected}
     with warnings.catch_warnings():  # "torch.distributed is disabled ... single process": exactly the intent
         warnings.simplefilter("ignore", UserWarning)
-        dcp.load({MODEL_KEY: weights}, storage_reader=FileSystemReader(str(dcp_dir)), no_dist=True)
+        dcp.load({MODEL_KEY: weights}, storage_reader=dcp_reader(storage, str(dcp_dir)), no_dist=True)
     return weights
 
 
@@ -144,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m rayrl.export",
         description="Write the policy of a rayrl checkpoint as a Hugging Face model directory.")
-    parser.add_argument("step_dir", help="a checkpoint step directory, e.g. logs/run/checkpoints/global_step_20")
+    parser.add_argument("step_dir", help="a checkpoint step directory, e.g. logs/run/checkpoints/global_step_20, "
+                        "or its URL (s3://bucket/prefix/global_step_20)")
     parser.add_argument("--out", required=True, help="the model directory to create (must not exist, or be empty)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

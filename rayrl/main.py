@@ -29,7 +29,8 @@ def validate(cfg) -> None:
     """Checks that need more than the schema; raise ConfigError naming the key and the problem."""
     from rayrl.checkpoint.errors import CheckpointError
     from rayrl.checkpoint.manifest import verify_checkpoint
-    from rayrl.config import ConfigError
+    from rayrl.checkpoint.storage import StorageUnavailable, storage_for
+    from rayrl.config import ConfigError, checkpoint_dir
     from rayrl.data.tasks import get_task, run_reward_specs
     from rayrl.managers import resolve_manager
     from rayrl.trackers import missing_logger
@@ -43,9 +44,22 @@ def validate(cfg) -> None:
         run_reward_specs(cfg.data)  # row or reward path is found after the workers started
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    ckpt = cfg.runner.checkpoint
+    where = {"runner.checkpoint.dir": checkpoint_dir(cfg), "runner.resume_dir": cfg.runner.resume_dir}
+    storages = {}
+    for key, path in where.items():
+        if path is not None:
+            try:
+                storages[key] = storage_for(path, ckpt.storage_options)
+            except StorageUnavailable as err:
+                raise ConfigError(f"{key}: {err.reason}") from None
+    if ckpt.export_hf_every and not storages["runner.checkpoint.dir"].commits_by_rename:
+        raise ConfigError("runner.checkpoint.export_hf_every: not with an object-store runner.checkpoint.dir "
+                          "(export a step afterwards: python -m rayrl.export <step URL> --out DIR)")
     if cfg.runner.resume_dir is not None:
         try:
-            verify_checkpoint(cfg.runner.resume_dir, check_checksums=cfg.runner.checkpoint.verify_checksums)
+            verify_checkpoint(cfg.runner.resume_dir, check_checksums=ckpt.verify_checksums,
+                              storage=storages["runner.resume_dir"])
         except CheckpointError as err:
             raise ConfigError(f"runner.resume_dir: not a complete checkpoint: {err}") from None
     if cfg.rollout.backend == "vllm":

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from rayrl.checkpoint.format import ACTOR_DIR, DATA_DIR, DATA_STATE_FILE, HF_DIR, ROLLOUT_DIR, TRAINER_STATE_FILE
-from rayrl.checkpoint.manifest import file_digest
-from rayrl.checkpoint.safe_io import load_torch, save_torch
+from rayrl.checkpoint.storage import storage_for
+from rayrl.checkpoint.torch_files import read_torch, write_torch
 from rayrl.workers.fleet import Fleet
 
 Digests = dict[str, dict]
@@ -20,11 +19,11 @@ def _merged(parts: list[Digests | None]) -> Digests | None:
     return {k: v for p in parts for k, v in p.items()}
 
 
-def _saved_run(directory: str) -> dict[str, Any]:
+def _saved_run(directory: str, storage_options: Any) -> dict[str, Any]:
     """The trainer state of the step that ``directory`` (a part of it) belongs to: the world sizes it was
     saved with (what every worker must find) and its step (what the RNG of a worker beyond them derives from)."""
-    with open(os.path.join(os.path.dirname(os.path.abspath(directory)), TRAINER_STATE_FILE)) as f:
-        return json.load(f)
+    storage = storage_for(directory, storage_options)
+    return json.loads(storage.read_bytes(storage.join(storage.parent(storage.join(directory)), TRAINER_STATE_FILE)))
 
 
 class ActorPart:
@@ -44,7 +43,7 @@ class ActorPart:
                                                   "waiting for the checkpoint save in flight"))
 
     def load(self, directory: str) -> None:
-        saved = _saved_run(directory)
+        saved = _saved_run(directory, self.fleet.cfg.runner.checkpoint.storage_options)
         self.fleet.wait_checkpoint(self.fleet.actor.call("load_checkpoint", directory,
                                                          saved["world_sizes"]["actor"], saved["global_step"]),
                                    "actor", f"checkpoint load from {directory}")
@@ -87,7 +86,7 @@ class RolloutPart:
         raise AssertionError("rollout state is always written synchronously")
 
     def load(self, directory: str) -> None:
-        saved = _saved_run(directory)
+        saved = _saved_run(directory, self.fleet.cfg.runner.checkpoint.storage_options)
         self.fleet.wait_checkpoint(self.fleet.rollout.call("load_checkpoint", directory,
                                                            saved["world_sizes"]["rollout"], saved["global_step"]),
                                    "rollout", f"checkpoint load from {directory}")
@@ -98,17 +97,19 @@ class DataPart:
 
     name = DATA_DIR
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, storage_options: Any) -> None:
         self.stream = stream
+        self.storage_options = storage_options
 
     def save(self, directory: str, async_save: bool) -> Digests | None:
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, DATA_STATE_FILE)
-        save_torch(self.stream.state_dict(), path)
-        return {DATA_STATE_FILE: file_digest(path)}
+        storage = storage_for(directory, self.storage_options)
+        storage.makedirs(directory)
+        return {DATA_STATE_FILE: write_torch(storage, storage.join(directory, DATA_STATE_FILE),
+                                             self.stream.state_dict())}
 
     def poll_save(self, block: bool) -> Digests | None:
         raise AssertionError("data state is always written synchronously")
 
     def load(self, directory: str) -> None:
-        self.stream.load_state_dict(load_torch(os.path.join(directory, DATA_STATE_FILE)))
+        storage = storage_for(directory, self.storage_options)
+        self.stream.load_state_dict(read_torch(storage, storage.join(directory, DATA_STATE_FILE)))

@@ -1,5 +1,6 @@
 """One GRPO step across the fleet: sample, score, compute advantages and reference log-probs, update,
-and ship the new weights to every rollout worker.
+and ship the new weights to every rollout engine. The same calls serve either placement (runner.placement):
+a role hosted by the actor ranks (colocated) answers them from there (rayrl.workers.group.HostedGroup).
 
 Scoring happens where data.reward_workers says: null, in the rollout workers as they generate; N, in a pool
 of N Ray tasks; 0, serially here in the coordinator (the slow reference path)."""
@@ -15,9 +16,9 @@ import torch
 from rayrl.algorithms.grpo import group_advantages
 from rayrl.data.scoring import Scorer
 from rayrl.engines import Rollouts
-from rayrl.failures import WorkerId
 from rayrl.workers import reward_pool
 from rayrl.workers.fleet import Fleet
+from rayrl.workers.roles import ROLLOUT
 
 SUMMED_ACTOR_STATS = ("loss", "pg_loss", "kl", "clip_frac")  # already divided by the global token count
 
@@ -37,7 +38,7 @@ def run_step(fleet: Fleet, cfg: Any, scoring: Scoring, items: list[dict], step: 
     """Run step ``step`` on the prompt items ``items``; returns its metrics."""
     start = time.perf_counter()
     n = cfg.rollout.n_samples_per_prompt
-    chunks = split_evenly(list(range(len(items))), len(fleet.rollout.workers))
+    chunks = split_evenly(list(range(len(items))), fleet.rollout.size)
     gen_refs = fleet.rollout.call_each("generate", [([items[i] for i in c], n, step, c[0] * n) for c in chunks])
     rollouts = Rollouts.concat(fleet.wait_all(gen_refs, "rollout"))
     t_gen = time.perf_counter() - start
@@ -49,11 +50,15 @@ def run_step(fleet: Fleet, cfg: Any, scoring: Scoring, items: list[dict], step: 
         "response_ids": rollouts.response_ids, "response_mask": rollouts.response_mask,
         "advantages": group_advantages(rewards, n, cfg.algorithm.norm_adv_by_std),
     }
+    t0 = time.perf_counter()
     if fleet.reference is not None:
-        batch["ref_logp"] = fleet.wait(fleet.reference.workers[0].logprobs.remote(batch), WorkerId("reference", 0))
+        batch["ref_logp"] = reference_logprobs(fleet, batch)
+    t_ref = time.perf_counter() - t0
     batch_ref = ray.put(batch)
     stats = fleet.wait_all(fleet.actor.call("train_step", batch_ref), "actor")
+    t_train = time.perf_counter() - t0 - t_ref
     sync_weights(fleet)
+    t_sync = time.perf_counter() - t0 - t_ref - t_train
 
     lengths = rollouts.response_mask.sum(dim=1).float()
     metrics = {
@@ -68,6 +73,9 @@ def run_step(fleet: Fleet, cfg: Any, scoring: Scoring, items: list[dict], step: 
         "save_staging_wait_s": max(s["save_staging_wait_s"] for s in stats),  # the loop waited this long
         "gen_time_s": t_gen,
         "score_time_s": scoring.last_s,
+        "ref_time_s": t_ref,
+        "train_time_s": t_train,
+        "sync_time_s": t_sync,
         "time_s": time.perf_counter() - start,
     }
     return metrics
@@ -108,8 +116,22 @@ def named_means(scores: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def reference_logprobs(fleet: Fleet, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The reference log-probs of ``batch``, its rows split evenly over the reference copies (one in split
+    placement: the whole batch)."""
+    parts = split_evenly(list(range(batch["response_ids"].shape[0])), fleet.reference.size)
+    refs = fleet.reference.call_each("logprobs", [({k: v[p[0]:p[-1] + 1] for k, v in batch.items()},)
+                                                  for p in parts])
+    return torch.cat(fleet.wait_all(refs, "reference"))
+
+
 def sync_weights(fleet: Fleet) -> None:
-    """Gather the actor's full weights once (rank 0) and load them into every rollout worker."""
+    """Put the actor's new weights into every engine. Engines hosted by the actor ranks (colocated): each
+    rank gathers the full weights within the actor group and loads its own, in-process. Engines of their
+    own: rank 0 gathers them once, and every rollout worker loads them from the object store."""
+    if fleet.host_of(ROLLOUT) is not None:
+        fleet.wait_all(fleet.actor.call("sync_engine"), "actor")
+        return
     weight_refs = fleet.actor.call("full_state_dict")
     sync_refs = fleet.rollout.call("load_weights", weight_refs[0])
     fleet.wait_all(weight_refs, "actor")

@@ -123,12 +123,12 @@ def test_commit_of_an_existing_step_swaps_and_keeps_the_old_one(cdir):
 
 def test_rename_exchange_is_atomic_here(tmp_path):
     # Linux ext4 supports it; commit falls back to two renames (with a gap) where it does not.
-    from rayrl.checkpoint.layout import _rename_exchange
+    from rayrl.checkpoint.storage import rename_exchange
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x").write_text("A")
     (tmp_path / "b").mkdir()
-    assert _rename_exchange(tmp_path / "a", tmp_path / "b") is True
+    assert rename_exchange(tmp_path / "a", tmp_path / "b") is True
     assert (tmp_path / "b" / "x").read_text() == "A" and not any((tmp_path / "a").iterdir())
 
 

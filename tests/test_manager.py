@@ -2,7 +2,8 @@
 
 Unit tests drive DefaultCheckpointManager in-process with real participants that write real files (async
 ones in a thread, released by the test). The end-to-end tests run the example MirrorManager through
-run_main.sh twice on one run directory (a resume in between) to check retention from disk and the mirror.
+run_main.sh twice on one run directory (a resume with more steps in between) to check retention from disk
+and the mirror, and that the resumed run's config is the one in force (its LR schedule, the changed keys).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from examples.mirror_manager import MirrorConfig, MirrorManager
 from rayrl.checkpoint import CheckpointError, file_digest, verify_checkpoint
@@ -23,9 +25,11 @@ from rayrl.checkpoint.manager import DefaultCheckpointManager
 from rayrl.config import CheckpointConfig, ConfigError, load_config
 from rayrl.failures import InfraFailure, WorkerId
 from rayrl.managers import load_manager_class, resolve_manager
-from tests.support import FAST, REPO, read_metrics, run_dir, shared_ray_env
+from rayrl.workers.policy import build_scheduler
+from tests.support import FAST, REPO, read_events, read_metrics, run_dir, shared_ray_env
 
 MIRROR = "examples.mirror_manager.MirrorManager"
+COSINE = "actor.optim.lr_schedule=cosine"
 
 
 class FileParticipant:
@@ -240,7 +244,7 @@ def mirrored_runs(tmp_path_factory):
     top-2 by reward_mean plus the newest: resumes from step 4 and rotates what run 1 left on disk too."""
     out = tmp_path_factory.mktemp("mirror")
     common = [f"runner.checkpoint.manager_class={MIRROR}", f"runner.checkpoint.mirror_dir={out / 'mirror'}",
-              "runner.save_interval=1"]
+              "runner.save_interval=1", COSINE]
     first = _run_main(out, *common, "runner.max_steps=4", "runner.checkpoint.max_to_keep=2")
     assert first.returncode == 0, first.stdout[-3000:]
     after_first = (_steps(run_dir(out) / "checkpoints"), _steps(out / "mirror"))
@@ -254,6 +258,36 @@ def test_max_to_keep_keeps_the_newest_steps(mirrored_runs):
     _, (primary, mirror), _, _ = mirrored_runs
     assert primary == [3, 4]
     assert mirror == [3, 4]
+
+
+def _uninterrupted_lrs(max_steps: int) -> list[float]:
+    """The lr an uninterrupted run logs at steps 1..max_steps: the schedule read before each step's update."""
+    cfg = load_config(str(REPO / "configs/grpo_tiny.yaml"), [COSINE, f"runner.max_steps={max_steps}"])
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.actor.optim.lr)
+    scheduler = build_scheduler(optimizer, cfg.actor.optim, max_steps)
+    lrs = []
+    for _ in range(max_steps):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_resume_with_more_steps_follows_the_new_schedule_and_lists_the_changed_keys(mirrored_runs):
+    """Run 2 raises max_steps from 4 to 8: steps 5-8 decay over 8 steps (not the schedule of run 1 that the
+    checkpoint's scheduler state came from), and the keys that differ from the checkpoint's are listed once."""
+    out, _, _, second = mirrored_runs
+    got = {m["step"]: m["lr"] for m in read_metrics(out)}
+    assert [got[s] for s in range(1, 5)] == _uninterrupted_lrs(4), got  # run 1: a 4-step decay
+    want = _uninterrupted_lrs(8)
+    assert [got[s] for s in range(5, 9)] == want[4:], (got, want)
+    assert want[7] > 3e-3 * 0.1  # an 8-step cosine run has not reached the floor (min_lr_ratio) by step 8
+    (changed,) = [e for e in read_events(out) if e["event"] == "config_changed"]
+    assert changed["step"] == 4
+    assert changed["changed"] == {"runner.max_steps": [4, 8], "runner.checkpoint.max_to_keep": [2, 1],
+                                  "runner.checkpoint.keep_top_k": [None, 2],
+                                  "runner.checkpoint.metric": [None, "reward_mean"]}, changed
+    assert "runner.max_steps: 4 -> 8" in second
 
 
 def test_after_resume_top_k_keeps_the_best_and_the_newest(mirrored_runs):

@@ -26,6 +26,7 @@ from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 from rayrl.checkpoint.errors import CheckpointError
 from rayrl.checkpoint.format import DCP_METADATA_FILE, MODEL_KEY
 from rayrl.checkpoint.safe_io import load_torch
+from rayrl.checkpoint.storage import Storage, storage_for
 
 _DCP_METADATA_CLASSES = ("Metadata", "MetadataIndex", "TensorStorageMetadata", "BytesStorageMetadata",
                          "ChunkStorageMetadata", "TensorProperties", "StorageMeta", "_MEM_FORMAT_ENCODING")
@@ -47,15 +48,16 @@ class _MetadataUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def read_dcp_metadata(dcp_dir: str | os.PathLike[str]) -> Metadata:
+def read_dcp_metadata(dcp_dir: str | os.PathLike[str], storage: Storage | None = None) -> Metadata:
     """The DCP metadata of ``dcp_dir``, read without running code; also vets every non-tensor item.
 
     Raises ``CheckpointError`` naming the file when the metadata or an item is refused or unreadable.
     """
-    root = Path(dcp_dir)
-    path = root / DCP_METADATA_FILE
+    storage = storage or storage_for(dcp_dir)
+    root = storage.join(dcp_dir)
+    path = storage.join(root, DCP_METADATA_FILE)
     try:
-        with open(path, "rb") as f:
+        with storage.open(path, "rb") as f:
             metadata = _MetadataUnpickler(f).load()
     except FileNotFoundError:
         raise CheckpointError(path, "does not exist") from None
@@ -65,21 +67,23 @@ def read_dcp_metadata(dcp_dir: str | os.PathLike[str]) -> Metadata:
         raise CheckpointError(path, f"unreadable DCP metadata: {type(e).__name__}: {e}") from None
     if not isinstance(metadata, Metadata):
         raise CheckpointError(path, f"holds a {type(metadata).__name__}, not DCP metadata")
-    _vet_byte_items(root, metadata)
+    _vet_byte_items(storage, root, metadata)
     return metadata
 
 
-def _vet_byte_items(root: Path, metadata: Metadata) -> None:
+def _vet_byte_items(storage: Storage, root: Path | str, metadata: Metadata) -> None:
     """Load every non-tensor item with ``weights_only=True``: DCP itself would unpickle them unrestricted."""
     byte_fqns = {fqn for fqn, md in metadata.state_dict_metadata.items() if isinstance(md, BytesStorageMetadata)}
     for index, info in (metadata.storage_data or {}).items():
         if index.fqn not in byte_fqns:
             continue
-        path = root / info.relative_path
-        if path.parent != root or info.transform_descriptors:
-            raise CheckpointError(root / DCP_METADATA_FILE, f"item {index.fqn} is stored in an unsupported way")
+        name = str(info.relative_path)
+        if "/" in name or name in ("", ".", "..") or info.transform_descriptors:
+            raise CheckpointError(storage.join(root, DCP_METADATA_FILE),
+                                  f"item {index.fqn} is stored in an unsupported way")
+        path = storage.join(root, name)
         try:
-            with open(path, "rb") as f:
+            with storage.open(path, "rb") as f:
                 f.seek(info.offset)
                 blob = f.read(info.length)
         except OSError as e:
@@ -109,10 +113,10 @@ def shape_mismatch(saved: Mapping[str, Sequence[int]], expected: Mapping[str, Se
     return problems[0] + more
 
 
-def model_mismatch(dcp_dir: str | os.PathLike[str], expected: Mapping[str, Sequence[int]], key: str = MODEL_KEY
-                   ) -> str | None:
+def model_mismatch(dcp_dir: str | os.PathLike[str], expected: Mapping[str, Sequence[int]], key: str = MODEL_KEY,
+                   storage: Storage | None = None) -> str | None:
     """How the tensors saved under ``key`` in ``dcp_dir`` differ from ``expected``; None if they fit.
 
     Reads the metadata safely (``read_dcp_metadata``), so calling this first also protects the load after it.
     """
-    return shape_mismatch(saved_shapes(read_dcp_metadata(dcp_dir), key), expected)
+    return shape_mismatch(saved_shapes(read_dcp_metadata(dcp_dir, storage), key), expected)

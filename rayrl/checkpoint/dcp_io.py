@@ -10,7 +10,9 @@ resume reads the checkpoint once, and a damaged file stops the load with ``Check
 this rank reads only in part (resharding to another world size) is not checked here; ``unchecked`` lists
 those, for the caller to check whole.
 
-Both wrap DCP's stream seams (``fs.create_stream`` and ``_slice_file``) and nothing else of its logic.
+Both wrap DCP's stream seams (``fs.create_stream`` and ``_slice_file``) and nothing else of its logic, on
+DCP's local filesystem or on its fsspec one (``FsspecWriter``/``FsspecReader``: S3, GCS, ...), whichever
+the checkpoint's storage is: ``dcp_writer`` and ``dcp_reader`` pick it.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint._fsspec_filesystem import FileSystem as FsspecFileSystem
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 from torch.distributed.checkpoint.filesystem import FileSystem
 
 from rayrl.checkpoint.errors import CheckpointInvalid
 from rayrl.checkpoint.manifest import Digest, RunningDigest, same_digest
+from rayrl.checkpoint.storage import Storage
 
 
 class _HashingWriteStream:
@@ -55,8 +60,9 @@ class _HashingWriteStream:
         self.raw.close()
 
 
-class _DigestingFileSystem(FileSystem):
-    """Records the digest of every file written, by name; a rename (DCP's ``.metadata``) carries it along."""
+class _Digesting:
+    """Records the digest of every file written, by name; a rename (DCP's ``.metadata``) carries it along.
+    Mixed into DCP's local or fsspec ``FileSystem``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -82,6 +88,14 @@ class _DigestingFileSystem(FileSystem):
                 self.digests[Path(new_path).name] = self.digests.pop(Path(path).name)
 
 
+class _DigestingFileSystem(_Digesting, FileSystem):
+    pass
+
+
+class _DigestingFsspecFileSystem(_Digesting, FsspecFileSystem):
+    pass
+
+
 class DigestingWriter(FileSystemWriter):
     """``FileSystemWriter`` that knows the size and CRC32 of each file it wrote (``digests``, by name)."""
 
@@ -92,6 +106,35 @@ class DigestingWriter(FileSystemWriter):
     @property
     def digests(self) -> dict[str, Digest]:
         return dict(self.fs.digests)
+
+
+class DigestingFsspecWriter(FsspecWriter):
+    """``DigestingWriter`` on an fsspec filesystem: each object is uploaded and digested as DCP writes it."""
+
+    def __init__(self, path: str, storage_options: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(path, **kwargs, **storage_options)
+        self.fs = _DigestingFsspecFileSystem()
+        self.path = self.fs.init_path(path, **storage_options)
+
+    @property
+    def digests(self) -> dict[str, Digest]:
+        return dict(self.fs.digests)
+
+
+def dcp_writer(storage: Storage, path: str, thread_count: int) -> DigestingWriter | DigestingFsspecWriter:
+    """DCP's writer for ``path`` on ``storage``, digesting every file. Local files are fsynced; an object
+    is durable once its upload has completed (DCP would call ``os.sync()`` for the whole machine instead)."""
+    if storage.commits_by_rename:
+        return DigestingWriter(path, single_file_per_rank=True, sync_files=True, thread_count=thread_count)
+    return DigestingFsspecWriter(path, dict(storage.options), single_file_per_rank=True, sync_files=False,
+                                 thread_count=thread_count)
+
+
+def dcp_reader(storage: Storage, path: str) -> FileSystemReader:
+    """DCP's plain reader for ``path`` on ``storage`` (no checks: see ``VerifyingReader``)."""
+    if storage.commits_by_rename:
+        return FileSystemReader(path)
+    return FsspecReader(path, **storage.options)
 
 
 class _VerifyingReadStream:
@@ -136,7 +179,9 @@ class _VerifyingReadStream:
         return self.raw.read(1) == b""
 
 
-class _VerifyingFileSystem(FileSystem):
+class _Verifying:
+    """Checks each expected file read whole; mixed into DCP's local or fsspec ``FileSystem``."""
+
     def __init__(self, expected: Mapping[str, Digest], step_dir: str, prefix: str) -> None:
         super().__init__()
         self.expected, self.step_dir, self.prefix = expected, step_dir, prefix
@@ -157,13 +202,27 @@ class _VerifyingFileSystem(FileSystem):
                 self.checked.add(name)
 
 
+class _VerifyingFileSystem(_Verifying, FileSystem):
+    pass
+
+
+class _VerifyingFsspecFileSystem(_Verifying, FsspecFileSystem):
+    pass
+
+
 class VerifyingReader(FileSystemReader):
     """``FileSystemReader`` that checks each file it reads whole against ``expected`` (digests by name);
-    ``step_dir`` and ``prefix`` (the files' directory within it) name a damaged file in the error."""
+    ``step_dir`` and ``prefix`` (the files' directory within it) name a damaged file in the error. On an
+    fsspec ``storage`` it reads through DCP's fsspec filesystem."""
 
-    def __init__(self, path: str, expected: Mapping[str, Digest], step_dir: str, prefix: str) -> None:
+    def __init__(self, path: str, expected: Mapping[str, Digest], step_dir: str, prefix: str,
+                 storage: Storage | None = None) -> None:
         super().__init__(path)
-        self.fs = _VerifyingFileSystem(expected, step_dir, prefix)
+        if storage is None or storage.commits_by_rename:
+            self.fs = _VerifyingFileSystem(expected, step_dir, prefix)
+        else:
+            self.fs = _VerifyingFsspecFileSystem(expected, step_dir, prefix)
+            self.path = self.fs.init_path(path, **storage.options)
 
     def prepare_local_plan(self, plan: Any) -> Any:
         """Read every file front to back: the items in file and offset order."""

@@ -13,19 +13,17 @@ docs/checkpoint_manager.md describes the protocol, the participants and how to w
 
 from __future__ import annotations
 
+import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid, NoValidCheckpoint, WorkerLost
-from rayrl.checkpoint.format import M_STEP, M_TOTAL_BYTES, MANIFEST_FILE, TRACKER_FILE, TRAINER_STATE_FILE
-from rayrl.checkpoint.layout import CheckpointDir, parse_step
+from rayrl.checkpoint.format import M_STEP, M_TOTAL_BYTES, TRAINER_STATE_FILE
+from rayrl.checkpoint.layout import CheckpointDir, StepPath, parse_step
 from rayrl.checkpoint.manifest import build_manifest, is_dcp_data, verify_checkpoint, write_manifest
 from rayrl.checkpoint.retention import select_steps_to_delete
-from rayrl.checkpoint.safe_io import atomic_write_json
+from rayrl.checkpoint.storage import Storage, storage_for
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +88,7 @@ class CheckpointManager(Protocol):
 @dataclass
 class _Pending:
     step: int
-    temp_dir: Path
+    temp_dir: StepPath
     participants: list[Participant]
     digests: Digests = field(default_factory=dict)
     waiting: list[Participant] = field(default_factory=list)
@@ -102,7 +100,8 @@ class DefaultCheckpointManager:
 
     def __init__(self, config: Any, checkpoint_dir: str) -> None:
         self.config = config
-        self.dir = CheckpointDir(checkpoint_dir)
+        self.storage = storage_for(checkpoint_dir, getattr(config, "storage_options", None))
+        self.dir = CheckpointDir(checkpoint_dir, self.storage)
         self._pending: _Pending | None = None
 
     # -------------------------------------------------------------- where to start
@@ -111,10 +110,10 @@ class DefaultCheckpointManager:
             log.info("Removed an unfinished save left by a crash: %s", leftover)
         own = self.latest()
         if restarted or (own is not None and resume_mode == "auto" and
-                         (resume_dir is None or _started_from(own, resume_dir))):
+                         (resume_dir is None or self._started_from(own, resume_dir))):
             # after this run's first checkpoint every recovery resumes from it, never the original resume_dir:
             # a relaunch with the same command (run_main.sh) finds its own steps descend from that resume_dir
-            return own if own is not None else _checked(resume_dir, self.config.verify_checksums)
+            return own if own is not None else self._checked(resume_dir)
         if resume_mode == "disable" and resume_dir is None:
             archive = self.dir.archive_existing()
             if archive is not None:
@@ -122,7 +121,7 @@ class DefaultCheckpointManager:
             return None
         if resume_dir is not None:
             step = verify_checkpoint(resume_dir, check_checksums=self.config.verify_checksums,
-                                     checked_on_load=is_dcp_data)[M_STEP]
+                                     checked_on_load=is_dcp_data, storage=self._storage_of(resume_dir))[M_STEP]
             self._supersede_after(step, resume_dir)
             return resume_dir
         return None
@@ -132,24 +131,24 @@ class DefaultCheckpointManager:
         abandons them, and a later auto-resume must not jump back onto that abandoned timeline."""
         moved = False
         for later, path in self.dir.list_step_dirs():
-            if later > step and not _same_path(path, resume_dir):
+            if later > step and not self.storage.same(path, resume_dir):
                 aside = self.dir.move_aside(path, later, "superseded")
                 log.warning("Resuming from %s (step %d): moved this run's later %s aside to %s",
-                            resume_dir, step, path.name, aside.name)
+                            resume_dir, step, self.storage.name(path), self.storage.name(aside))
                 moved = True
         if moved:
             remaining = self.dir.list_step_dirs()
             if remaining:
                 self.dir.write_tracker(remaining[-1][0])
             else:
-                (self.dir.root / TRACKER_FILE).unlink(missing_ok=True)
+                self.dir.remove_tracker()
 
     def latest(self) -> str | None:
         found = self.dir.find_resume_point(check_checksums=self.config.verify_checksums, checked_on_load=is_dcp_data)
         return str(found[1]) if found else None
 
     def list_steps(self) -> list[int]:
-        return [s for s, p in self.dir.list_step_dirs() if (p / MANIFEST_FILE).is_file()]
+        return [s for s, p in self.dir.list_step_dirs() if self.dir.has_manifest(p)]
 
     # -------------------------------------------------------------- save
     def save(self, step: int, participants: Sequence[Participant], trainer_state: dict[str, Any]) -> None:
@@ -158,12 +157,13 @@ class DefaultCheckpointManager:
         pending = _Pending(step, temp, list(participants))
         try:
             for p in participants:
-                digests = p.save(str(temp / p.name), self.config.async_save)
+                digests = p.save(str(self.storage.join(temp, p.name)), self.config.async_save)
                 if digests is None:
                     pending.waiting.append(p)
                 else:
                     pending.digests.update(_prefixed(p.name, digests))
-            atomic_write_json(temp / TRAINER_STATE_FILE, trainer_state)
+            self.storage.write_bytes(self.storage.join(temp, TRAINER_STATE_FILE),
+                                     (json.dumps(trainer_state, indent=2, sort_keys=True) + "\n").encode("utf-8"))
         except BaseException:
             self._pending = pending
             self.abort()
@@ -204,18 +204,18 @@ class DefaultCheckpointManager:
         pending, self._pending = self._pending, None
         assert pending is not None
         try:
-            manifest = build_manifest(pending.temp_dir, known=pending.digests)
-            write_manifest(pending.temp_dir, manifest, pending.step)
+            manifest = build_manifest(pending.temp_dir, known=pending.digests, storage=self.storage)
+            write_manifest(pending.temp_dir, manifest, pending.step, storage=self.storage)
             final = self.dir.commit(pending.temp_dir, pending.step)
         except BaseException:
-            shutil.rmtree(pending.temp_dir, ignore_errors=True)
+            self.storage.discard(pending.temp_dir)
             raise
         log.info("Saved checkpoint %s (%.1f MB)", final, manifest[M_TOTAL_BYTES] / 1e6)
         self._apply_retention(protected={pending.step})
         self.on_committed(pending.step, final)
         return pending.step
 
-    def on_committed(self, step: int, step_dir: Path) -> None:
+    def on_committed(self, step: int, step_dir: StepPath) -> None:
         """Hook for subclasses: step ``step`` is complete in ``step_dir`` and retention has run. Called in
         the coordinator at a step boundary (or at the end of the run): it blocks training while it runs,
         and an exception stops the run."""
@@ -223,7 +223,7 @@ class DefaultCheckpointManager:
     def abort(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
-            shutil.rmtree(pending.temp_dir, ignore_errors=True)
+            self.storage.discard(pending.temp_dir)
             log.warning("Dropped the unfinished save of step %d", pending.step)
 
     def _apply_retention(self, protected: set[int]) -> None:
@@ -231,7 +231,7 @@ class DefaultCheckpointManager:
         if cfg.max_to_keep is None and cfg.keep_top_k is None:
             return
         steps = self.list_steps()
-        metrics = {s: _read_metrics(self.dir.step_dir(s)) for s in steps} if cfg.keep_top_k else {}
+        metrics = {s: self._read_metrics(self.dir.step_dir(s)) for s in steps} if cfg.keep_top_k else {}
         newest = max(protected)
         if cfg.keep_top_k and cfg.metric not in metrics.get(newest, {}):
             log.warning("Retention: step %d has no metric %r (it has: %s); keep_top_k ranks it last",
@@ -244,13 +244,11 @@ class DefaultCheckpointManager:
 
     # -------------------------------------------------------------- load
     def load(self, step_dir: str, participants: Sequence[Participant]) -> dict[str, Any]:
-        import json
-
-        with open(os.path.join(step_dir, TRAINER_STATE_FILE)) as f:
-            state = json.load(f)
+        storage = self._storage_of(step_dir)
+        state = json.loads(storage.read_bytes(storage.join(step_dir, TRAINER_STATE_FILE)))
         try:
             for p in participants:
-                p.load(os.path.join(step_dir, p.name))
+                p.load(str(storage.join(step_dir, p.name)))
         except Exception as err:
             invalid = _invalid_cause(err)
             if invalid is None:
@@ -259,18 +257,44 @@ class DefaultCheckpointManager:
             raise invalid from err
         return state
 
+    def _storage_of(self, path: str) -> Storage:
+        """The storage of a step directory: a ``resume_dir`` may live on another filesystem than this run's."""
+        return storage_for(path, getattr(self.config, "storage_options", None))
+
+    def _checked(self, step_dir: str | None) -> str | None:
+        if step_dir is not None:
+            verify_checkpoint(step_dir, check_checksums=self.config.verify_checksums, checked_on_load=is_dcp_data,
+                              storage=self._storage_of(step_dir))
+        return step_dir
+
+    def _started_from(self, step_dir: str, resume_dir: str) -> bool:
+        """Whether the run that wrote ``step_dir`` was started with this ``runner.resume_dir``."""
+        try:
+            recorded = json.loads(self.storage.read_bytes(self.storage.join(step_dir, TRAINER_STATE_FILE))
+                                  ).get("config", {}).get("runner", {}).get("resume_dir")
+        except (OSError, ValueError, AttributeError):
+            return False
+        return isinstance(recorded, str) and self._storage_of(resume_dir).same(recorded, resume_dir)
+
+    def _read_metrics(self, step_dir: StepPath) -> dict[str, Any]:
+        try:
+            return json.loads(self.storage.read_bytes(self.storage.join(step_dir, TRAINER_STATE_FILE))).get("metrics", {})
+        except (OSError, ValueError):
+            return {}
+
     def _set_aside(self, step_dir: str, err: CheckpointInvalid) -> None:
         """A step of this run found damaged while loading (its DCP files are checked as they are read)
         is moved aside like one found damaged at discovery, so that the next ``prepare`` passes over it;
         only when an older step verifies, else NoValidCheckpoint naming each step (nothing moved)."""
-        path = Path(step_dir)
-        step = parse_step(path.name)
-        if step is None or not _same_path(path.parent, self.dir.root):
+        path = self.storage.join(step_dir)
+        step = parse_step(self.storage.name(path))
+        if step is None or not self.storage.same(self.storage.parent(path), self.dir.root):
             return
         reasons = {step: err.reason}
         for older, older_path in reversed([(s, p) for s, p in self.dir.list_step_dirs() if s < step]):
             try:  # in full: only a step known good is worth moving this one aside for
-                verify_checkpoint(older_path, check_checksums=self.config.verify_checksums, expected_step=older)
+                verify_checkpoint(older_path, check_checksums=self.config.verify_checksums, expected_step=older,
+                                  storage=self.storage)
                 break
             except CheckpointInvalid as e:
                 reasons[older] = e.reason
@@ -278,28 +302,6 @@ class DefaultCheckpointManager:
             raise NoValidCheckpoint(self.dir.root, reasons) from err
         aside = self.dir.move_aside(path, step, "corrupt")
         log.warning("Checkpoint %s is invalid (%s); moved aside to %s", path, err.reason, aside.name)
-
-
-def _same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)
-
-
-def _started_from(step_dir: str, resume_dir: str) -> bool:
-    """Whether the run that wrote ``step_dir`` was started with this ``runner.resume_dir``."""
-    import json
-
-    try:
-        with open(os.path.join(step_dir, TRAINER_STATE_FILE)) as f:
-            recorded = json.load(f).get("config", {}).get("runner", {}).get("resume_dir")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return isinstance(recorded, str) and _same_path(recorded, resume_dir)
-
-
-def _checked(step_dir: str | None, check_checksums: bool) -> str | None:
-    if step_dir is not None:
-        verify_checkpoint(step_dir, check_checksums=check_checksums, checked_on_load=is_dcp_data)
-    return step_dir
 
 
 def _invalid_cause(err: BaseException | None) -> CheckpointInvalid | None:
@@ -316,11 +318,3 @@ def _prefixed(name: str, digests: Digests) -> Digests:
     return {f"{name}/{rel}" if name else rel: d for rel, d in digests.items()}
 
 
-def _read_metrics(step_dir: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        with open(step_dir / TRAINER_STATE_FILE) as f:
-            return json.load(f).get("metrics", {})
-    except (OSError, ValueError):
-        return {}

@@ -33,23 +33,26 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
-from rayrl.checkpoint.dcp_io import DigestingWriter, VerifyingReader
+from rayrl.checkpoint.dcp_io import VerifyingReader, dcp_reader, dcp_writer
 from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid
 from rayrl.checkpoint.manifest import Digest, file_digest, is_dcp_data, part_digests, same_digest
+from rayrl.checkpoint.storage import Storage, is_url, storage_for
 
 log = logging.getLogger(__name__)
 
 
 class ShardedCheckpointIO:
-    """Saves and loads this rank's shards; at most one save in flight (a new save waits for the last)."""
+    """Saves and loads this rank's shards, on local disk or an fsspec filesystem (``storage_options`` for
+    the latter); at most one save in flight (a new save waits for the last)."""
 
-    def __init__(self, rank: int, async_group: dist.ProcessGroup | None, thread_count: int = 1) -> None:
+    def __init__(self, rank: int, async_group: dist.ProcessGroup | None, thread_count: int = 1,
+                 storage_options: dict[str, Any] | None = None) -> None:
         torch.serialization.set_crc32_options(False)  # see the module docstring: the manifest has the CRC
+        self.storage_options = storage_options
         self.rank = rank
         self.async_group = async_group
         self.thread_count = thread_count
@@ -63,8 +66,7 @@ class ShardedCheckpointIO:
         host copy, reused by every later save), writing and hashing in the background: the caller must
         ``wait_staged`` before changing ``state_dict``'s tensors."""
         self.wait()
-        writer = DigestingWriter(directory, single_file_per_rank=True, sync_files=True,
-                                 thread_count=self.thread_count)
+        writer = dcp_writer(storage_for(directory, self.storage_options), directory, self.thread_count)
         if not async_save:
             with _plain_errors(directory, "write"):
                 dcp.save(state_dict, storage_writer=writer)
@@ -87,7 +89,7 @@ class ShardedCheckpointIO:
         self._staged = staged
         self._pending = self._finisher.submit(self._save_in_background, directory, state_dict, writer, staged)
 
-    def _save_in_background(self, directory: str, state_dict: dict[str, Any], writer: DigestingWriter,
+    def _save_in_background(self, directory: str, state_dict: dict[str, Any], writer: Any,
                             staged: Future[None]) -> dict[str, Digest]:
         """Runs in the low-priority thread: DCP's staging and upload threads start from here and inherit
         its priority, so staging, writing and hashing use the cores training leaves idle."""
@@ -140,26 +142,27 @@ class ShardedCheckpointIO:
         those this rank reads whole as it reads them, and of the rest the ones this rank is assigned (file i
         goes to rank i mod world size), so that each file is checked by one rank at least. A damaged file
         raises ``CheckpointInvalid``."""
-        expected = part_digests(directory) if verify else None
+        storage = storage_for(directory, self.storage_options)
+        expected = part_digests(directory, storage) if verify else None
         if expected is None:
             with _plain_errors(directory, "read"):
-                dcp.load(state_dict, storage_reader=FileSystemReader(directory))
+                dcp.load(state_dict, storage_reader=dcp_reader(storage, directory))
             return
-        directory = os.path.normpath(os.path.abspath(directory))
-        step_dir, prefix = os.path.dirname(directory), os.path.basename(directory) + "/"
+        part = storage.join(os.path.abspath(directory) if storage.commits_by_rename else directory)
+        directory, step_dir, prefix = str(part), str(storage.parent(part)), storage.name(part) + "/"
         data = sorted(n for n in expected if is_dcp_data(n))
-        reader = VerifyingReader(directory, expected, step_dir, prefix)
+        reader = VerifyingReader(directory, expected, step_dir, prefix, storage)
         try:
             with _plain_errors(directory, "read"):
                 dcp.load(state_dict, storage_reader=reader)
         except CheckpointInvalid:
             raise
         except CheckpointError:  # a damaged file can fail torch.load before its checksum: name the damage
-            _check_files(directory, expected, data, step_dir, prefix)
+            _check_files(storage, directory, expected, data, step_dir, prefix)
             raise
         world = dist.get_world_size() if dist.is_initialized() else 1
         mine = {n for i, n in enumerate(data) if i % world == self.rank}
-        _check_files(directory, expected, [n for n in reader.unchecked() if n in mine], step_dir, prefix)
+        _check_files(storage, directory, expected, [n for n in reader.unchecked() if n in mine], step_dir, prefix)
 
     def close(self) -> None:
         try:
@@ -195,6 +198,8 @@ def _full_disk_note(directory: str) -> str:
     """torch's zip writer (DCP's items go through it) reports a full disk as "unexpected pos N", without the
     OS error, and another rank's ENOSPC may come later in a message that gets shortened: when the filesystem
     is (nearly) full, say so up front."""
+    if is_url(directory):
+        return ""  # a remote store: its own error says what went wrong
     path = directory
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
@@ -205,10 +210,10 @@ def _full_disk_note(directory: str) -> str:
     return "" if free >= FULL_DISK_BYTES else f": No space left on device ({free} bytes free)"
 
 
-def _check_files(directory: str, expected: dict[str, Digest], names: list[str], step_dir: str,
+def _check_files(storage: Storage, directory: str, expected: dict[str, Digest], names: list[str], step_dir: str,
                  prefix: str) -> None:
     for name in names:
-        if not same_digest(file_digest(os.path.join(directory, name)), expected[name]):
+        if not same_digest(file_digest(storage.join(directory, name), storage), expected[name]):
             raise CheckpointInvalid(step_dir, f"checksum mismatch for {prefix}{name}")
 
 

@@ -4,33 +4,33 @@ worker reads it back, the coordinator removes it. A worker on a node whose disk 
 the same name (a node-local ``runner.output_dir``) reads nothing there, or a stale nonce: caught before
 step 1, not at the first save after ``save_interval`` steps of compute.
 
-Through fsspec on path strings, so that the same code checks a local path and an object-store URL.
+Through the checkpoint storage interface, so that the same code checks a local path and an object-store URL
+(whose ``storage_options`` each worker needs as much as the coordinator).
 """
 
 from __future__ import annotations
 
 import uuid
-
-import fsspec
+from typing import Any, Mapping
 
 from rayrl.checkpoint.format import STORAGE_MARKER_FILE
+from rayrl.checkpoint.storage import storage_for
 
 
-def write_marker(checkpoint_dir: str) -> tuple[str, str]:
+def write_marker(checkpoint_dir: str, options: Mapping[str, Any] | None = None) -> tuple[str, str]:
     """Write a marker with a fresh nonce under ``checkpoint_dir`` (created if need be); (its path, the nonce)."""
-    fs, root = fsspec.core.url_to_fs(checkpoint_dir)
-    fs.makedirs(root, exist_ok=True)
-    path = f"{checkpoint_dir.rstrip('/')}/{STORAGE_MARKER_FILE}"
+    storage = storage_for(checkpoint_dir, options)
+    storage.makedirs(checkpoint_dir)
+    path = str(storage.join(checkpoint_dir, STORAGE_MARKER_FILE))
     nonce = uuid.uuid4().hex
-    fs.pipe_file(fsspec.core.url_to_fs(path)[1], nonce.encode())
+    storage.write_bytes(path, nonce.encode())
     return path, nonce
 
 
-def read_marker(path: str, nonce: str) -> str | None:
+def read_marker(path: str, nonce: str, options: Mapping[str, Any] | None = None) -> str | None:
     """None when ``path`` holds ``nonce``; otherwise what was found instead (for the error message)."""
-    fs, local = fsspec.core.url_to_fs(path)
     try:
-        found = fs.cat_file(local)
+        found = storage_for(path, options).read_bytes(path)
     except FileNotFoundError:
         return "the marker is not there"
     except OSError as err:
@@ -40,10 +40,9 @@ def read_marker(path: str, nonce: str) -> str | None:
     return None
 
 
-def remove_marker(path: str) -> None:
+def remove_marker(path: str, options: Mapping[str, Any] | None = None) -> None:
     """Remove the marker; nothing when it is already gone."""
-    fs, local = fsspec.core.url_to_fs(path)
     try:
-        fs.rm_file(local)
+        storage_for(path, options).remove(path)
     except FileNotFoundError:
         pass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 from typing import Any
 
 import torch
@@ -18,10 +17,10 @@ import torch.distributed as dist
 
 from rayrl.algorithms.grpo import policy_loss
 from rayrl.checkpoint.format import MODEL_KEY, OPTIMIZER_KEY, extra_state_file
-from rayrl.checkpoint.manifest import digest_tree, file_digest
+from rayrl.checkpoint.manifest import digest_tree
 from rayrl.checkpoint.errors import CheckpointInvalid
 from rayrl.checkpoint.rng import capture_rng_state, derived_seed, restore_rng_state, seed_rng_state
-from rayrl.checkpoint.safe_io import load_torch, save_torch
+from rayrl.checkpoint.torch_files import read_torch, write_torch
 from rayrl.config import ConfigError
 from rayrl.models.forward import response_logprobs
 from rayrl.workers.base import WorkerBase
@@ -56,7 +55,8 @@ class ActorWorker(WorkerBase):
                                                           self.device, cfg.actor.mixed_precision)
         self.optimizer = build_optimizer(self.model, cfg.actor.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.actor.optim, cfg.runner.max_steps)
-        self.ckpt = ShardedCheckpointIO(self.rank, dist.new_group(backend="gloo"))
+        self.ckpt = ShardedCheckpointIO(self.rank, dist.new_group(backend="gloo"),
+                                        storage_options=cfg.runner.checkpoint.storage_options)
 
     # ---------------------------------------------------------------- training
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -149,13 +149,13 @@ class ActorWorker(WorkerBase):
 
     def save_checkpoint(self, directory: str, async_save: bool) -> dict[str, dict] | None:
         """Write this rank's shards and extra state; returns their digests, or None while writing async."""
-        os.makedirs(directory, exist_ok=True)
+        storage = self._storage(directory)
+        storage.makedirs(directory)
         # The schedule itself is not saved (the config that resumes defines it): only its step count.
         extra = {"rng": capture_rng_state(), "lr_scheduler": {"last_epoch": self.scheduler.last_epoch},
                  "world_size": self.world_size}
         extra_name = extra_state_file(self.rank)
-        save_torch(extra, os.path.join(directory, extra_name))
-        self._extra_digest = {extra_name: file_digest(os.path.join(directory, extra_name))}
+        self._extra_digest = {extra_name: write_torch(storage, storage.join(directory, extra_name), extra)}
         self._save_digests = None
         self.ckpt.save(directory, self._dcp_state(), async_save)
         return None if async_save else self.checkpoint_status(block=True)
@@ -177,6 +177,11 @@ class ActorWorker(WorkerBase):
         self.ckpt.abandon()
         self._save_digests = None
 
+    def _storage(self, directory: str) -> Any:
+        from rayrl.checkpoint.storage import storage_for
+
+        return storage_for(directory, self.cfg.runner.checkpoint.storage_options)
+
     def load_checkpoint(self, directory: str, saved_world_size: int, step: int) -> None:
         """Load shards (resharding to this world size) and this rank's extra state. Every rank the checkpoint
         was saved with must find its own extra state (else CheckpointInvalid, raised by every rank alike before
@@ -187,7 +192,8 @@ class ActorWorker(WorkerBase):
         from rayrl.checkpoint.compat import model_mismatch
         from rayrl.workers.policy import apply_optimizer_config, build_scheduler
 
-        missing = [r for r in range(saved_world_size) if not os.path.exists(os.path.join(directory, extra_state_file(r)))]
+        storage = self._storage(directory)
+        missing = [r for r in range(saved_world_size) if not storage.isfile(storage.join(directory, extra_state_file(r)))]
         if missing:
             raise CheckpointInvalid(directory, f"missing {', '.join(extra_state_file(r) for r in missing)}: actor "
                                     f"rank {missing[0]} of the {saved_world_size} saved has no extra state "
@@ -196,18 +202,17 @@ class ActorWorker(WorkerBase):
         state = self._dcp_state()
         # Read the metadata safely and check the shapes before DCP's own (unrestricted) unpickling and its
         # collectives: every rank sees the same files, so every rank refuses alike and none waits for the others.
-        mismatch = model_mismatch(directory, {k: v.shape for k, v in state[MODEL_KEY].items()}, MODEL_KEY)
+        mismatch = model_mismatch(directory, {k: v.shape for k, v in state[MODEL_KEY].items()}, MODEL_KEY, storage)
         if mismatch is not None:
-            step_dir = os.path.dirname(os.path.abspath(directory))
+            step_dir = storage.parent(storage.join(directory))
             explicit = self.cfg.runner.resume_dir
-            key = ("runner.resume_dir" if explicit and os.path.realpath(explicit) == os.path.realpath(step_dir)
-                   else "actor.model")
+            key = "runner.resume_dir" if explicit and storage.same(explicit, step_dir) else "actor.model"
             raise ConfigError(f"{key}: checkpoint {step_dir} does not fit actor.model: {mismatch}")
         self.ckpt.load(directory, state, verify=self.cfg.runner.checkpoint.verify_checksums)
         set_state_dict(self.model, self.optimizer,
                        model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIMIZER_KEY])
         own = self.rank < saved_world_size
-        extra = load_torch(os.path.join(directory, extra_state_file(self.rank if own else 0)))
+        extra = read_torch(storage, storage.join(directory, extra_state_file(self.rank if own else 0)))
         apply_optimizer_config(self.optimizer, self.cfg.actor.optim)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.actor.optim, self.cfg.runner.max_steps,
                                          steps_done=int(extra["lr_scheduler"]["last_epoch"]))

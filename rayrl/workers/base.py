@@ -48,7 +48,8 @@ class WorkerBase:
 
         from rayrl.checkpoint.storage_check import read_marker
 
-        return {"problem": read_marker(path, nonce), "node": ray.get_runtime_context().get_node_id(),
+        problem = read_marker(path, nonce, self.cfg.runner.checkpoint.storage_options)
+        return {"problem": problem, "node": ray.get_runtime_context().get_node_id(),
                 "ip": ray.util.get_node_ip_address()}
 
     def rendezvous_address(self, bind_localhost: bool) -> tuple[str, int]:

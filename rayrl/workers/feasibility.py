@@ -37,6 +37,8 @@ def run_demands(cfg: Any) -> list[Demand]:
     roles = [("actor", cfg.actor.world_size), ("rollout", cfg.rollout.num_workers)]
     if cfg.reference.enabled:
         roles.append(("reference", 1))
+    if cfg.runner.placement == "colocated":  # the others live in the actor ranks' processes (roles.role_specs)
+        roles = roles[:1]
     out = []
     for role, count in roles:
         spec = getattr(cfg, role)

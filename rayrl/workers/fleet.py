@@ -1,6 +1,7 @@
-"""The worker groups of a run, one per role of ``roles.ROLES`` (actor, rollout, reference): built together;
-after a failure only the groups that lost a worker (or sit on a lost node) are replaced, the others are kept
-and reloaded."""
+"""The worker groups of a run, one per role of ``roles.role_specs`` (actor, rollout, reference) that has
+processes of its own (a role hosted by another lives and dies with its host's): built together; after a
+failure only the groups that lost a worker (or sit on a lost node) are replaced, the others are kept and
+reloaded."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import ray
 from ray.exceptions import RayActorError
 
 from rayrl.failures import InfraFailure, WorkerId, gather
-from rayrl.workers.group import WorkerGroup
-from rayrl.workers.roles import ACTOR, REFERENCE, ROLES, ROLLOUT, RoleSpec
+from rayrl.workers.group import HostedGroup, WorkerGroup
+from rayrl.workers.roles import ACTOR, REFERENCE, ROLLOUT, RoleSpec, role_specs
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,8 @@ class Fleet:
     def __init__(self, cfg: Any, owner: str = "") -> None:
         """``owner``: the coordinator's actor id, which tags the placement groups (group.remove_leftovers)."""
         self.cfg, self.owner = cfg, owner
-        self.specs = {spec.name: spec for spec in ROLES if spec.enabled(cfg)}
-        self._groups = {name: self._new_group(spec) for name, spec in self.specs.items()}
+        self.specs = {spec.name: spec for spec in role_specs(cfg) if spec.enabled(cfg)}
+        self._groups = {name: self._new_group(spec) for name, spec in self.specs.items() if spec.host is None}
         self.where: dict[WorkerId, dict[str, Any]] = {}  # worker -> {"node", "pid"}, from the start-up pings
 
     def _new_group(self, spec: RoleSpec) -> WorkerGroup:
@@ -43,12 +44,25 @@ class Fleet:
         return self._groups[ACTOR]
 
     @property
-    def rollout(self) -> WorkerGroup:
-        return self._groups[ROLLOUT]
+    def rollout(self) -> WorkerGroup | HostedGroup:
+        return self._role(ROLLOUT)
 
     @property
-    def reference(self) -> WorkerGroup | None:
-        return self._groups.get(REFERENCE)
+    def reference(self) -> WorkerGroup | HostedGroup | None:
+        return self._role(REFERENCE) if REFERENCE in self.specs else None
+
+    def host_of(self, role: str) -> str | None:
+        """The role whose processes host ``role`` (None: it has its own)."""
+        return self.specs[role].host
+
+    def _role(self, name: str) -> WorkerGroup | HostedGroup:
+        host = self.host_of(name)
+        return self._groups[name] if host is None else HostedGroup(name, self._groups[host])
+
+    def _in_group(self, worker: WorkerId) -> WorkerId:
+        """The worker whose process ``worker`` runs in: itself, or its host's worker of the same index."""
+        spec = self.specs.get(worker.role)
+        return worker if spec is None or spec.host is None else WorkerId(spec.host, worker.index)
 
     def start(self, report: Callable[[str], None] = log.info) -> set[str]:
         """Wait for resources, create the workers of every group that has none (all of them at first, the
@@ -99,7 +113,7 @@ class Fleet:
         now, and of every worker on a node that is gone or going (a lost node, a preemption notice).
         Everything when the failure names no group of this fleet."""
         names = {g.name for g in self.groups}
-        failed = {w.role for w in failure.workers}
+        failed = {self._in_group(w).role for w in failure.workers}
         if not failed or not failed <= names:
             return names
         failed |= {w.role for w in self.find_dead(skip=failed)}
@@ -170,7 +184,7 @@ class Fleet:
     def location(self, workers: tuple[WorkerId, ...]) -> dict[str, Any]:
         """Where the first of ``workers`` ran: its node id and pid, falling back to its placement-group
         bundle's node when it failed before answering a ping (none for a whole group)."""
-        first = workers[0] if workers else None
+        first = self._in_group(workers[0]) if workers else None
         if first in self.where:
             return dict(self.where[first])
         group = self._groups.get(first.role) if first is not None else None

@@ -112,3 +112,23 @@ def remove_leftovers(owner: str) -> list[str]:
             except ValueError:  # removed in the meantime
                 pass
     return removed
+
+
+class HostedGroup:
+    """A role that lives in another group's processes (runner.placement colocated), one per host worker:
+    its calls go to the host workers' ``hosted`` method, which passes them on to the role's object there."""
+
+    def __init__(self, name: str, host: WorkerGroup) -> None:
+        self.name, self.host = name, host
+
+    @property
+    def size(self) -> int:
+        return self.host.size
+
+    def call(self, method: str, *args: Any) -> list[ray.ObjectRef]:
+        """The same call on every host worker's copy of the role."""
+        return [w.hosted.remote(self.name, method, *args) for w in self.host.workers]
+
+    def call_each(self, method: str, per_worker_args: list[tuple]) -> list[ray.ObjectRef]:
+        """Host worker i's copy gets ``per_worker_args[i]``."""
+        return [w.hosted.remote(self.name, method, *a) for w, a in zip(self.host.workers, per_worker_args)]

@@ -7,10 +7,11 @@ an elastic minimum size, colocated placement) is a field of ``RoleSpec``, not a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from rayrl.workers.actor import ActorWorker
+from rayrl.workers.colocated import ColocatedActorWorker
 from rayrl.workers.reference import ReferenceWorker
 from rayrl.workers.rollout import RolloutWorker
 
@@ -22,7 +23,9 @@ class RoleSpec:
     """One role. ``size(cfg)`` workers of ``cls``, one per placement-group bundle of the role's config
     section resources (``num_cpus_per_worker``, ``num_gpus_per_worker``), placed with ``strategy``;
     worker i is built as ``cls(*args(cfg, i, size))``. ``process_group``: the workers join one
-    torch.distributed group (``setup(master_addr, master_port)``) once they are all up."""
+    torch.distributed group (``setup(master_addr, master_port)``) once they are all up. ``host``: the role
+    whose processes host this one (runner.placement colocated): it has no workers of its own, one per host
+    worker instead, and its calls go to the host's ``hosted`` method."""
 
     name: str
     cls: type
@@ -31,6 +34,7 @@ class RoleSpec:
     strategy: str = "PACK"
     enabled: Callable[[Any], bool] = lambda cfg: True
     process_group: bool = False
+    host: str | None = None
 
     def resources(self, cfg: Any) -> tuple[float, float]:
         """CPUs and GPUs that each worker of this role reserves."""
@@ -46,3 +50,13 @@ ROLES: tuple[RoleSpec, ...] = (
     RoleSpec(REFERENCE, ReferenceWorker, size=lambda cfg: 1, args=lambda cfg, index, size: (cfg, index),
              enabled=lambda cfg: cfg.reference.enabled),
 )
+
+
+def role_specs(cfg: Any) -> tuple[RoleSpec, ...]:
+    """The roles of a run as its ``runner.placement`` lays them out: ``split``, each in processes of its own
+    (``ROLES``); ``colocated``, the rollout engines and the reference hosted by the actor ranks, one of
+    each per rank."""
+    if cfg.runner.placement == "split":
+        return ROLES
+    return tuple(replace(spec, cls=ColocatedActorWorker) if spec.name == ACTOR
+                 else replace(spec, host=ACTOR, size=lambda cfg: cfg.actor.world_size) for spec in ROLES)

@@ -1,28 +1,33 @@
-"""RolloutWorker: one generation engine that samples responses and receives each new policy."""
+"""Sampling: one generation engine that samples responses, scores them and receives each new policy.
+
+``Sampler`` is the role itself, plain Python, so that either process can host it: a ``RolloutWorker`` of its
+own (runner.placement split) or an actor rank (colocated, rayrl.workers.colocated).
+"""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 
 from rayrl.checkpoint.errors import CheckpointInvalid
 from rayrl.checkpoint.format import rollout_state_file
-from rayrl.checkpoint.manifest import file_digest
 from rayrl.checkpoint.rng import derived_seed
-from rayrl.checkpoint.safe_io import load_torch, save_torch
+from rayrl.checkpoint.storage import storage_for
+from rayrl.checkpoint.torch_files import read_torch, write_torch
 from rayrl.data.prompts import render_prompt
 from rayrl.data.scoring import Scorer
 from rayrl.engines import GenerationEngine, Rollouts
 from rayrl.workers.base import WorkerBase
 
 
-class RolloutWorker(WorkerBase):
+class Sampler:
+    """Engine ``index`` of the run, with its scorer (data.reward_workers null) and its sampling state."""
+
     def __init__(self, cfg: Any, index: int) -> None:
-        super().__init__(cfg, role="rollout", index=index)
+        self.cfg, self.index = cfg, index
         self.engine = make_engine(cfg, index)
-        self.scorer = None  # data.reward_workers null: this worker scores what it generates
+        self.scorer = None  # data.reward_workers null: this engine's host scores what it generates
         if cfg.data.reward_workers is None:
             from rayrl.data.tasks import run_reward_specs
 
@@ -44,24 +49,34 @@ class RolloutWorker(WorkerBase):
 
     def save_checkpoint(self, directory: str) -> dict[str, dict]:
         """Write the engine's sampling state; returns the digest of the file written."""
-        os.makedirs(directory, exist_ok=True)
+        storage = storage_for(directory, self.cfg.runner.checkpoint.storage_options)
+        storage.makedirs(directory)
         name = rollout_state_file(self.index)
-        save_torch(self.engine.state_dict(), os.path.join(directory, name))
-        return {name: file_digest(os.path.join(directory, name))}
+        return {name: write_torch(storage, storage.join(directory, name), self.engine.state_dict())}
 
     def load_checkpoint(self, directory: str, saved_workers: int, step: int) -> None:
-        """Restore the engine's sampling state. A worker the checkpoint was saved with must find its file
-        (else CheckpointInvalid); one beyond ``saved_workers`` (more workers than were saved) has none, and
-        its engine is seeded with ``derived_seed(seed, "rollout", index, step)``."""
+        """Restore the engine's sampling state. An engine the checkpoint was saved with must find its file
+        (else CheckpointInvalid); one beyond ``saved_workers`` (more engines than were saved, e.g. a split
+        checkpoint resumed colocated) has none, and is seeded with ``derived_seed(seed, "rollout", index,
+        step)``."""
+        storage = storage_for(directory, self.cfg.runner.checkpoint.storage_options)
         name = rollout_state_file(self.index)
-        path = os.path.join(directory, name)
+        path = storage.join(directory, name)
         if self.index >= saved_workers:
             self.engine.reseed(derived_seed(self.cfg.runner.seed, "rollout", self.index, step))
-        elif not os.path.exists(path):
+        elif not storage.isfile(path):
             raise CheckpointInvalid(directory, f"missing {name}: rollout worker {self.index} of the "
                                     f"{saved_workers} saved has no sampling state to load")
         else:
-            self.engine.load_state_dict(load_torch(path))
+            self.engine.load_state_dict(read_torch(storage, path))
+
+
+class RolloutWorker(WorkerBase, Sampler):
+    """A process of its own for one engine (runner.placement split)."""
+
+    def __init__(self, cfg: Any, index: int) -> None:
+        WorkerBase.__init__(self, cfg, role="rollout", index=index)
+        Sampler.__init__(self, cfg, index)
 
 
 def make_engine(cfg: Any, worker_index: int) -> GenerationEngine:
