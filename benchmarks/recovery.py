@@ -6,8 +6,9 @@ SIGKILL of the whole job (driver, Ray, every worker: a lost head node) and the s
 resuming from storage, to its first finished step.
 
 Node loss: a ``ray.cluster_utils.Cluster`` on this machine (a head without CPUs for the driver and the
-coordinator, three worker nodes of 3 CPUs, one of them spare), joined through RAY_ADDRESS. Each actor rank
-reserves 2 CPUs, so the two ranks sit on two nodes and each rank's second memory copy on the other's; the
+coordinator, two worker nodes of 3 CPUs that the fleet fills, and a spare node of 6 CPUs added once the
+fleet is up), joined through RAY_ADDRESS. Each actor rank reserves 2 CPUs, so the two ranks sit on the two
+nodes and each rank's second memory copy on the other's; the
 node of one actor rank is killed (raylet and workers, no goodbye) and the time to the next finished step is
 taken: that rank's shards come from its copy on the surviving node. The GCS health check is tightened (checks
 0.5 s apart, 3 misses), so that a killed node is declared dead in about 2 s rather than after the defaults'
@@ -35,7 +36,8 @@ TARGET = 0.2  # issue 15: an actor rank's loss at most a fifth of a cold restart
 NODE_LOSS_TARGET = 0.3  # issue 15: a node's loss, with a replacement available
 FAST_HEALTH_CHECK = {"health_check_period_ms": 500, "health_check_timeout_ms": 500,
                      "health_check_failure_threshold": 3}
-WORKER_NODES, WORKER_CPUS = 3, 3  # an actor rank (2 CPUs) and one other worker per node; one node spare
+WORKER_NODES, WORKER_CPUS = 2, 3  # an actor rank (2 CPUs) and one other worker per node
+SPARE_CPUS = 6  # room for every group the loss of one worker node replaces, however Ray places them
 STEPS_AFTER = 2
 
 
@@ -68,6 +70,8 @@ def node_loss_recovery(settings: Settings) -> tuple[float, dict]:
                      ray_address=cluster.address)
         try:
             run.wait_for("a committed checkpoint", checkpoint_after(0), TIMEOUT_S)
+            cluster.add_node(num_cpus=SPARE_CPUS, temp_dir=tmp)  # now: the fleet is placed on the other two
+            cluster.wait_for_nodes()
             run.wait_for("a finished step", step_just_finished, TIMEOUT_S)
             victim = next(n for n in nodes if _titles_below(n, "ray::ActorWorker"))
             killed_at = time.time()
