@@ -48,13 +48,15 @@ def test_a_recovery_is_one_event_with_what_died_where_the_step_and_the_seconds(e
     r = Recovery(events, max_restarts=3, backoff_s=0.0)
     r.failed("reference[0]", "ActorDiedError", "node-1", pid=7, failure_time=1.0)
     r.failed("actor[0]", "died again while rebuilding", "node-2")  # the clock keeps the first failure's time
+    r.loaded_from("memory", start_s=2.0, load_s=0.5, sync_s=0.1)
     r.resumed(8)
     r.step_finished(9)
     r.step_finished(10)  # no recovery pending: nothing more
     (e,) = _named(events, "recovered")
     assert (e["what"], e["node"], e["resumed_from"], e["step"]) == ("actor[0]", "node-2", 8, 9)
     assert e["seconds_to_next_step"] > 1e9  # measured from time 1.0 (the first failure), not the second
-    assert "resumed from step 8, step 9 finished" in e["message"]
+    assert (e["source"], e["start_s"], e["load_s"], e["sync_s"]) == ("memory", 2.0, 0.5, 0.1)
+    assert "resumed from step 8 (memory), step 9 finished" in e["message"]
 
 
 def test_failures_survive_pickling_as_ray_ships_them():
