@@ -55,16 +55,18 @@ def test_writer_digests_are_those_of_the_files_written(tmp_path):
         assert digest == {"size": len(data), "crc32": f"{zlib.crc32(data):08x}"}  # zlib's CRC32 numbers
 
 
-def test_load_checks_each_file_as_it_reads_it(tmp_path):
-    step, _ = _committed_step(tmp_path)
+@pytest.mark.parametrize("threads, damaged", [(1, "__0_0.distcp"), (2, "__0_1.distcp")])
+def test_load_checks_each_file_as_it_reads_it(tmp_path, threads, damaged):
+    """One file per rank, or one per writer thread (``thread_count``): damage in any of them is found."""
+    step, _ = _committed_step(tmp_path, thread_count=threads)
     back = _zeros_like(_state())
-    ShardedCheckpointIO(0, None).load(str(step / "actor"), back)
+    ShardedCheckpointIO(0, None, thread_count=threads).load(str(step / "actor"), back)
     torch.testing.assert_close(back, _state())
 
-    _flip_byte(step / "actor" / "__0_0.distcp")
+    _flip_byte(step / "actor" / damaged)
     verify_checkpoint(step, checked_on_load=is_dcp_data)  # discovery leaves the shard's checksum to the load
-    with pytest.raises(CheckpointInvalid, match=r"checksum mismatch for actor/__0_0\.distcp"):
-        ShardedCheckpointIO(0, None).load(str(step / "actor"), _zeros_like(_state()))
+    with pytest.raises(CheckpointInvalid, match=rf"checksum mismatch for actor/{damaged.replace('.', '[.]')}"):
+        ShardedCheckpointIO(0, None, thread_count=threads).load(str(step / "actor"), _zeros_like(_state()))
     ShardedCheckpointIO(0, None).load(str(step / "actor"), _zeros_like(_state()), verify=False)  # when asked
 
 
