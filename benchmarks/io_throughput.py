@@ -7,6 +7,9 @@ on the same bytes and the same disk, one after another (so slow spells of the sh
            load = what resuming does: find + verify (checksums) the latest step, then every rank loads it
   dcp      plain dcp.save / dcp.load (+ set_state_dict) of the same state dict
   torch    full state dict gathered to rank 0, torch.save + fsync; torch.load on rank 0 + broadcast
+  s3       rayrl's save and resume (as ``rayrl``) with ``runner.checkpoint.dir`` on an S3 server: moto's, on
+           127.0.0.1 in this process (``benchmarks.s3_target``), when moto and s3fs are installed. A figure
+           with no target: a loopback server measures the overhead of the object-store path, not a cloud.
 The page cache is dropped before every read when the container allows it (reported as caches_dropped).
 """
 
@@ -18,6 +21,7 @@ from pathlib import Path
 
 from benchmarks.common import Figure, Settings, can_drop_caches, ratio_figure, timed
 from benchmarks.lockstep import Lockstep, LockstepActorPart, manager, run_lockstep
+from benchmarks.s3_target import s3_target
 
 NAME = "io"
 TARGET = 0.8  # issue 7: save and load at >= 80% of the disk's sequential bandwidth
@@ -26,7 +30,8 @@ METHODS = ("disk", "rayrl", "dcp", "torch")
 
 def run(settings: Settings) -> list[Figure]:
     dropped = can_drop_caches()
-    res = run_lockstep(_measure, settings.state_gb, settings.work_dir / "io", settings.rounds, dropped)
+    with s3_target() as s3_url:  # the ranks (spawned below) reach it through the AWS_* variables it sets
+        res = run_lockstep(_measure, settings.state_gb, settings.work_dir / "io", settings.rounds, dropped, s3_url)
     gb = res["bytes"] / 1e9
     rate = {k: [gb / t for t in ts] for k, ts in res["times"].items()}
     note = {"state_gb": round(gb, 3), "caches_dropped": dropped, "rounds": settings.rounds}
@@ -37,14 +42,17 @@ def run(settings: Settings) -> list[Figure]:
         for base in ("dcp", "torch"):
             figs.append(ratio_figure("io", f"rayrl_{op}_vs_{base}", rate[f"rayrl_{op}"], "GB/s",
                                      f"{base}_{op}", rate[f"{base}_{op}"], **note))
+        if f"s3_{op}" in rate:
+            figs.append(ratio_figure("io", f"s3_{op}_vs_local_disk", rate[f"s3_{op}"], "GB/s", f"rayrl_{op}",
+                                     rate[f"rayrl_{op}"], **note, s3="moto server on 127.0.0.1"))
     return figs
 
 
-def _measure(lead: Lockstep, root: Path, rounds: int, drop: bool) -> dict:
+def _measure(lead: Lockstep, root: Path, rounds: int, drop: bool, s3_url: str | None) -> dict:
     times: dict[str, list[float]] = defaultdict(list)
     for r in range(rounds):
         where = root / f"round{r}"
-        for name, (save, load) in _methods(lead, where).items():
+        for name, (save, load) in _methods(lead, where, s3_url and f"{s3_url}/round{r}").items():
             times[f"{name}_save"].append(timed(save)[0])
             if drop:
                 lead.call("drop_caches")
@@ -53,21 +61,27 @@ def _measure(lead: Lockstep, root: Path, rounds: int, drop: bool) -> dict:
     return {"bytes": sum(lead.call("state_bytes")), "times": dict(times)}
 
 
-def _methods(lead: Lockstep, root: Path) -> dict:
-    """(save, load) per method, each under its own directory of ``root``."""
+def _methods(lead: Lockstep, root: Path, s3_root: str | None) -> dict:
+    """(save, load) per method, each under its own directory of ``root`` (``s3``: of ``s3_root``)."""
     for name in ("disk", "torch"):  # rayrl's manager and dcp.save make their own
         (root / name).mkdir(parents=True)
-    mgr, part = manager(lead, root / "rayrl", async_save=False), LockstepActorPart(lead)
+    part = LockstepActorPart(lead)
 
-    def resume() -> None:
-        step_dir = mgr.prepare(None, "auto", restarted=False)
-        assert step_dir is not None, "the save left nothing to resume from"
-        mgr.load(step_dir, [part])
+    def rayrl(checkpoint_dir: str):
+        mgr = manager(lead, checkpoint_dir, async_save=False)
+
+        def resume() -> None:
+            step_dir = mgr.prepare(None, "auto", restarted=False)
+            assert step_dir is not None, "the save left nothing to resume from"
+            mgr.load(step_dir, [part])
+
+        return lambda: mgr.save(1, [part], {"global_step": 1}), resume
 
     def pair(method: str, path: Path):
         return lambda: lead.call(f"{method}_save", str(path)), lambda: lead.call(f"{method}_load", str(path))
 
-    return {"disk": pair("disk", root / "disk"),
-            "rayrl": (lambda: mgr.save(1, [part], {"global_step": 1}), resume),
-            "dcp": pair("dcp", root / "dcp"),
-            "torch": pair("torch", root / "torch" / "full.pt")}
+    methods = {"disk": pair("disk", root / "disk"), "rayrl": rayrl(str(root / "rayrl")),
+               "dcp": pair("dcp", root / "dcp"), "torch": pair("torch", root / "torch" / "full.pt")}
+    if s3_root is not None:
+        methods["s3"] = rayrl(s3_root)
+    return methods

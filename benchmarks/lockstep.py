@@ -161,7 +161,7 @@ class LockstepActorPart:
         self.lead.call("load_checkpoint", directory)
 
 
-def manager(lead: Lockstep, checkpoint_dir: Path, async_save: bool) -> DefaultCheckpointManager:
+def manager(lead: Lockstep, checkpoint_dir: Path | str, async_save: bool) -> DefaultCheckpointManager:
     """The default manager with the job's checkpoint config, async or not."""
     cfg = dataclasses.replace(lead.ops.worker.cfg.runner.checkpoint, async_save=async_save)
     return DefaultCheckpointManager(cfg, str(checkpoint_dir))

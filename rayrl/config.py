@@ -356,6 +356,9 @@ def _check_colocated(cfg: RayRLConfig) -> None:
                           f"(got {cfg.rollout.num_gpus_per_worker:g})")
 
 
+REDACTED = "<redacted>"
+
+
 def config_to_dict(cfg: RayRLConfig) -> dict[str, Any]:
     """The config as plain JSON-able data (for trainer_state.json, the loggers), with the values of
     ``runner.checkpoint.storage_options`` (credentials, possibly) replaced by ``REDACTED``."""

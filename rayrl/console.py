@@ -32,10 +32,11 @@ class Console:
                 f"kl {m['kl']:.4f}  {m['time_s']:.2f}s\n")
 
 
-def where_it_is(run_dir: Path) -> str:
-    """The closing lines of a run: where its records are, and the command that plots them."""
+def where_it_is(run_dir: Path, checkpoints: str) -> str:
+    """The closing lines of a run: where its records are (its checkpoints: a directory or a URL), and the
+    command that plots them."""
     lines = [f"metrics:     {run_dir / METRICS_FILE}", f"events:      {run_dir / EVENTS_FILE}",
-             f"checkpoints: {run_dir / 'checkpoints'}"]
+             f"checkpoints: {checkpoints}"]
     if (run_dir / "tensorboard").is_dir():
         lines.append(f"tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}")
     if (run_dir / "wandb").is_dir():

@@ -166,10 +166,11 @@ def run(cfg) -> int:
         if result["status"] == "preempted":
             log.warning("rayrl: stopped by a preemption notice after saving step %d", result["final_step"])
             return EXIT_PREEMPTED
+        from rayrl.config import checkpoint_dir
         from rayrl.console import where_it_is
 
         log.info("rayrl: done at step %d", result["final_step"])
-        sys.stdout.write(where_it_is(Path(cfg.runner.log_path)))
+        sys.stdout.write(where_it_is(Path(cfg.runner.log_path), checkpoint_dir(cfg)))
         return EXIT_OK
     except KeyboardInterrupt:
         from rayrl.runlog import EventLog

@@ -20,6 +20,7 @@ from tests.support import REPO, env_for_tests
 FIGURES = {
     "io.rayrl_save_vs_disk", "io.rayrl_save_vs_dcp", "io.rayrl_save_vs_torch",
     "io.rayrl_load_vs_disk", "io.rayrl_load_vs_dcp", "io.rayrl_load_vs_torch",
+    "io.s3_save_vs_local_disk", "io.s3_load_vs_local_disk",
     "async.blocking_vs_sync_save",
     "overhead.step_time_async_save_every_step_vs_none", "overhead.step_time_sync_save_every_step_vs_none",
     "overhead.loop_blocked_async_save_vs_sync_save",

@@ -19,15 +19,19 @@ import pytest
 import torch
 
 from rayrl.checkpoint import CheckpointError, CheckpointInvalid, verify_checkpoint
-from rayrl.checkpoint.format import MANIFEST_FILE, TRACKER_FILE, TRAINER_STATE_FILE
+from rayrl.checkpoint.format import ACTOR_DIR, MANIFEST_FILE, TRACKER_FILE, TRAINER_STATE_FILE
 from rayrl.checkpoint.layout import CheckpointDir
 from rayrl.checkpoint.manager import DefaultCheckpointManager
 from rayrl.checkpoint.storage import FsspecStorage, StorageUnavailable, storage_for
 from rayrl.checkpoint.torch_files import read_torch, write_torch
-from rayrl.config import CheckpointConfig, config_to_dict, load_config
+from rayrl.config import REDACTED, CheckpointConfig, ConfigError, config_to_dict, load_config
 from tests.s3_server import s3_server  # noqa: F401 -- the fixture
+from tests.support import (
+    RESUME_STEPS, actor_weights, assert_same_weights, env_for_tests, events_named, final_weights, kill_session,
+    output_of, read_metrics, rewards, run_dir, run_rayrl, spawn_rayrl, uninterrupted_run,
+    wait_running,
+)
 
-pytestmark = pytest.mark.timeout(300)
 
 
 class RecordingStorage(FsspecStorage):
@@ -218,9 +222,90 @@ def test_dcp_shards_are_written_and_checked_through_the_store(s3_server):
 
 
 def test_credentials_in_storage_options_are_redacted_and_a_missing_package_is_named(s3_server):
+    """The secret is a storage option (credentials); gcsfs is not installed here (gs:// URLs)."""
     secret = s3_server.secrets[1]
     cfg = load_config(None, ["runner.checkpoint.dir=s3://b/p", f"runner.checkpoint.storage_options.secret={secret}"])
     assert cfg.runner.checkpoint.storage_options == {"secret": secret}
     assert not s3_server.leaked(json.dumps(config_to_dict(cfg)))
     with pytest.raises(StorageUnavailable, match=r"pip install gcsfs"):
         storage_for("gs://bucket/run")
+    from rayrl.main import validate  # the driver's start-up check: exit 2 with this one line
+
+    with pytest.raises(ConfigError, match=r"^runner.checkpoint.dir: gs:// needs a package .*pip install gcsfs"):
+        validate(load_config(None, ["runner.checkpoint.dir=gs://bucket/run"]))
+
+
+# ---------------------------------------------------------------- end to end: rayrl with its checkpoints in S3
+
+
+def _weights_in_bucket(s3, step_url: str, tmp: Path) -> dict[str, torch.Tensor]:
+    """The model tensors of a step in the bucket, read with torch's own DCP converter from a local copy."""
+    s3.fs().get(f"{step_url}/{ACTOR_DIR}/", f"{tmp}/{ACTOR_DIR}/", recursive=True)
+    return actor_weights(tmp)
+
+
+_CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_run_on_s3_survives_a_kill_mid_save_and_resumes_from_the_bucket_alone(s3_server, tmp_path_factory,
+                                                                               tmp_path):
+    """kill -9 of the whole job while step 4 is being written to the bucket (its objects there, its
+    manifest not): the same command resumes from step 2 and ends bit-exact with an uninterrupted run on
+    local disk. Then a fresh, empty run directory with only the bucket (credentials now passed in
+    storage_options) resumes from the newest step there. No credential is in anything the runs wrote."""
+    reference = uninterrupted_run(tmp_path_factory, *RESUME_STEPS)
+    url = s3_server.url("e2e")
+    command = (f"runner.checkpoint.dir={url}", *RESUME_STEPS)
+    env = env_for_tests()  # a Ray of its own, which the kill takes down too; credentials in the environment
+    fs = s3_server.fs()
+
+    def mid_save_of_step_4() -> bool:
+        objects = fs.find(f"{url}/global_step_4")
+        return bool(objects) and not any(o.endswith(MANIFEST_FILE) for o in objects)
+
+    proc = spawn_rayrl(tmp_path / "a", *command, env=env)
+    try:
+        wait_running(proc, mid_save_of_step_4, timeout=240, what="the save of step 4")
+    finally:
+        kill_session(proc)
+    outputs = [output_of(proc)]
+    assert not fs.exists(f"{url}/global_step_4/{MANIFEST_FILE}"), "the kill came after the save"
+    assert tracker_step_in(fs, url) == 2, outputs[0][-3000:]
+
+    resumed = run_rayrl(tmp_path / "a", *command, env=env)
+    outputs.append(resumed.stdout)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert [(e["step"], e["path"]) for e in events_named(tmp_path / "a", "resumed")] == [(2, f"{url}/global_step_2")]
+    assert rewards(tmp_path / "a") == rewards(reference)
+    assert_same_weights(_weights_in_bucket(s3_server, f"{url}/global_step_6", tmp_path / "w6"),
+                        final_weights(reference, 6))
+    assert not (run_dir(tmp_path / "a") / "checkpoints").exists()  # nothing local but the logs
+
+    key, secret = s3_server.secrets
+    from_bucket = run_rayrl(tmp_path / "fresh", *command, "runner.max_steps=8",
+                            f"runner.checkpoint.storage_options.key={key}",
+                            f"runner.checkpoint.storage_options.secret={secret}",
+                            env={k: v for k, v in env.items() if k not in _CREDENTIAL_VARS})
+    outputs.append(from_bucket.stdout)
+    assert from_bucket.returncode == 0, from_bucket.stdout[-3000:]
+    assert [e["step"] for e in events_named(tmp_path / "fresh", "resumed")] == [6]
+    assert [m["step"] for m in read_metrics(tmp_path / "fresh")] == [7, 8]
+    state = json.loads(fs.cat(f"{url}/global_step_8/{TRAINER_STATE_FILE}"))
+    assert state["config"]["runner"]["checkpoint"]["storage_options"] == {"key": REDACTED, "secret": REDACTED}
+
+    from rayrl.export import export_hf  # python -m rayrl.export takes the step's URL as well
+
+    export_hf(f"{url}/global_step_8", tmp_path / "hf")
+    written = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
+    written += [fs.cat(o) for o in fs.find(url)]
+    leaks = [s for blob in written + [o.encode() for o in outputs] for s in s3_server.leaked(blob)]
+    assert not leaks, "a credential was written or printed"
+
+
+def tracker_step_in(fs, url: str) -> int | None:
+    try:
+        return int(fs.cat(f"{url}/{TRACKER_FILE}").decode().strip())
+    except FileNotFoundError:
+        return None

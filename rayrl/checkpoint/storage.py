@@ -170,6 +170,11 @@ class LocalStorage:
         return [Path(root, n) for n in self.listdir(root) if n.startswith(TEMP_PREFIX)]
 
 
+# Their INFO lines say, for every client made, where it found its credentials and endpoint: noise in a
+# run's log, once per process and per DCP writer.
+_CHATTY_LOGGERS = ("botocore", "aiobotocore", "s3fs")
+
+
 class FsspecStorage:
     """Any fsspec filesystem (``s3://``, ``gs://``, ``az://``, ...): the manifest, written last, is the commit."""
 
@@ -178,6 +183,8 @@ class FsspecStorage:
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         from fsspec.core import url_to_fs
 
+        for chatty in _CHATTY_LOGGERS:
+            logging.getLogger(chatty).setLevel(logging.WARNING)
         self.options = dict(options or {})
         self.protocol = url.split("://", 1)[0]
         self.fs, _ = url_to_fs(url, **self.options)
