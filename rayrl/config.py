@@ -104,6 +104,8 @@ class CheckpointConfig:
     timeout_s: float = _field(1800.0, _gt(0))  # bound on a checkpoint load, save or wait (not the step's)
     dir: Optional[str] = _field(None, _NONEMPTY)  # null = <log_path>/checkpoints; or an fsspec URL (s3://bucket/prefix)
     storage_options: dict[str, Any] = field(default_factory=dict)  # passed to fsspec; never written anywhere
+    memory_replicas: int = _field(0, _within(0, 1))  # 1 = the newest step also in host memory, each actor shard on a peer node
+    memory_budget_gb: Optional[float] = _field(None, _gt(0))  # cap on that memory per rank; over it: storage only
 
 
 @dataclass

@@ -35,6 +35,7 @@ from rayrl.data.tasks import get_task, run_reward_specs
 from rayrl.failures import InfraFailure, WorkerId, check_finite
 from rayrl.managers import build_manager, resolve_manager
 from rayrl.recovery import Recovery, RunFailed
+from rayrl.replicas import MemoryReplicas, MemoryStep
 from rayrl.run_lock import RunLock
 from rayrl.runlog import EventLog, EventLogHandler, MetricsLog
 from rayrl.trackers import Trackers, resolve
@@ -88,6 +89,7 @@ class Coordinator:
         self.events = EventLog(self.run_dir)
         _log_to(self.events)
         self.recovery = Recovery(self.events, cfg.runner.max_restarts, cfg.runner.restart_backoff_s)
+        self.replicas = MemoryReplicas(cfg.runner.checkpoint, self.events)
         self.relaunch = relaunch
         self.fleet: Fleet | None = None
         self.stop_reason: str | None = None  # set by a preemption notice to this process or the driver
@@ -124,13 +126,15 @@ class Coordinator:
         start_dir: str | None = None
         while True:
             try:
+                memory = None
                 if failure is not None:
                     self._recover(failure)
                     failure, restarted = None, True
-                start_dir = self._start_point(restarted)
-                if start_dir is None:  # nothing to load into workers kept by a recovery: they restart fresh too
+                    memory = self.replicas.usable(self.manager.list_steps)
+                start_dir = None if memory is not None else self._start_point(restarted)
+                if start_dir is None and memory is None:  # nothing to load into kept workers: they restart too
                     self._teardown()
-                return self._train(start_dir)
+                return self._train(start_dir, memory)
             except InfraFailure as err:
                 failure = err
             except RunFailed:
@@ -254,14 +258,17 @@ class Coordinator:
         times = [p.stat().st_mtime for p in (self.metrics.path, self.events.path) if p.exists()]
         return max(times, default=time.time())
 
-    def _train(self, start_dir: str | None) -> dict[str, Any]:
+    def _train(self, start_dir: str | None, memory: MemoryStep | None = None) -> dict[str, Any]:
+        """Train from ``start_dir`` (storage), ``memory`` (the newest step's copy in memory) or, with
+        neither, from scratch."""
         from rayrl.data.loader import BatchStream
         from rayrl.participants import ActorPart, DataPart, HFExportPart, RolloutPart
         from rayrl.step import Scoring, run_step, sync_weights
         from rayrl.workers.fleet import Fleet
 
         cfg, runner = self.cfg, self.cfg.runner
-        step = _step_of(start_dir, self._storage(start_dir)) if start_dir is not None else 0
+        step = (memory.step if memory is not None else _step_of(start_dir, self._storage(start_dir))
+                if start_dir is not None else 0)
         if step >= runner.max_steps:  # nothing to load: no workers needed (and none kept from a recovery)
             self._teardown()
             self.recovery.resumed(step)
@@ -279,21 +286,25 @@ class Coordinator:
         stream = BatchStream(self.dataset, cfg.data.batch_size, runner.seed)
         parts = [ActorPart(fleet), RolloutPart(fleet), DataPart(stream, cfg.runner.checkpoint.storage_options)]
         export, export_every = HFExportPart(fleet), cfg.runner.checkpoint.export_hf_every
-        if start_dir is not None:
+        if start_dir is not None or memory is not None:
             t0 = time.perf_counter()
-            state = self.manager.load(start_dir, parts)
+            state, start_dir, where = self._load(start_dir, memory, parts, stream)
             load_s = time.perf_counter() - t0  # every role restored; the weight sync after it is not loading
             step = int(state["global_step"])
+            t0 = time.perf_counter()
             sync_weights(fleet)
-            self.events.emit("resumed", f"Resumed from {start_dir}: next step {step + 1}",
-                             step=step, path=start_dir, start_s=start_s, load_s=load_s)
-            self._report_config_changes(state, step, start_dir)
+            sync_s = time.perf_counter() - t0
+            source = "storage" if start_dir is not None else "memory"
+            self.events.emit("resumed", f"Resumed from {where}: next step {step + 1}", step=step,
+                             path=start_dir, source=source, start_s=start_s, load_s=load_s, sync_s=sync_s)
+            self.recovery.loaded_from(source, start_s=start_s, load_s=load_s, sync_s=sync_s)
+            self._report_config_changes(state, step, where)
         else:
             self.events.emit("fresh_start", "No checkpoint to resume from: starting fresh at step 1",
                              start_s=start_s)
         self.recovery.resumed(step)
         self.metrics.truncate_after(step)
-        self.trackers.open(step if start_dir is not None else None)
+        self.trackers.open(step if start_dir is not None or memory is not None else None)
         scoring = Scoring(cfg, self.reward_specs)
         while step < runner.max_steps:
             step += 1
@@ -303,14 +314,17 @@ class Coordinator:
             metrics.update(epoch=epoch, consumed_samples=stream.consumed_samples)
             self.trackers.log(self.metrics.append(metrics))
             self.recovery.step_finished(step)
+            self.replicas.step_finished()
             self.manager.poll()
+            self.replicas.promote(self.manager.list_steps)
             notices = fleet.preemption_notices() if runner.save_on_preemption else []
             stopping = self.stop_reason is not None or bool(notices)
             if step % (runner.save_interval or runner.max_steps + 1) == 0 or step == runner.max_steps or stopping:
                 t0 = time.perf_counter()
                 exporting = export_every and step % export_every == 0
-                self.manager.save(step, [*parts, export] if exporting else parts,
-                                  self._trainer_state(step, metrics, stream))
+                trainer_state = self._trainer_state(step, metrics, stream)
+                self.manager.save(step, [*parts, export] if exporting else parts, trainer_state)
+                self.replicas.on_save(step, fleet, trainer_state, stream)
                 blocking = time.perf_counter() - t0
                 self.events.emit("save", f"checkpoint of step {step}: training blocked {blocking:.2f}s",
                                  step=step, blocking_s=blocking)
@@ -321,6 +335,21 @@ class Coordinator:
         self.manager.wait()
         self._teardown()
         return {"status": "done", "final_step": step}
+
+    def _load(self, start_dir: str | None, memory: MemoryStep | None, parts: list, stream: BatchStream
+              ) -> tuple[dict[str, Any], str | None, str]:
+        """Load every part from ``memory`` or else ``start_dir``; the trainer state, the step directory read
+        (None: none, loaded from memory) and what was loaded, for the log. A memory copy that cannot be
+        loaded after all (lost in the meantime) falls back to storage within the same recovery."""
+        if memory is not None:
+            try:
+                return self.replicas.load(memory, self.fleet, stream), None, f"step {memory.step} in memory"
+            except InfraFailure as err:
+                start_dir = self._start_point(True)
+                if start_dir is None:
+                    raise
+                log.warning("could not load step %d from memory (%s); loading %s", memory.step, err, start_dir)
+        return self.manager.load(start_dir, parts), start_dir, start_dir
 
     def _check_storage(self, fleet: Fleet, roles: set[str]) -> None:
         """Every worker just brought up must see the checkpoint directory this process writes: a node with a

@@ -33,6 +33,7 @@ class Timeline:
     failures: list[tuple[float, str]]  # (time, what failed)
     resumes: list[tuple[int, float]]  # (step resumed from, time): in-job recoveries and restarts alike
     recoveries: list[float]  # times the first step after a failure finished
+    memory_resumes: list[float]  # times of the resumes that loaded a checkpoint's copy in memory
 
 
 def timeline(metrics: list[Record], events: list[Record]) -> Timeline:
@@ -56,6 +57,7 @@ def timeline(metrics: list[Record], events: list[Record]) -> Timeline:
         failures=[(e["time"] - t0, str(e.get("what") or e["event"])) for e in marks(*FAILURES)],
         resumes=[(int(e.get("step", 0)), e["time"] - t0) for e in marks("resumed")],
         recoveries=[e["time"] - t0 for e in marks("recovered")],
+        memory_resumes=[e["time"] - t0 for e in marks("resumed") if e.get("source") == "memory"],
     )
 
 
@@ -137,6 +139,7 @@ def _mark_times(ax, tl: Timeline, scale: float) -> None:
         ax.annotate(what, (t / scale, 0.98), xycoords=("data", "axes fraction"), rotation=90, va="top",
                     ha="right", fontsize=7, color="tab:red")
     _vlines(ax, [t / scale for _, t in tl.resumes], "resumed from checkpoint", **RESUME)
+    _vlines(ax, [t / scale for t in tl.memory_resumes], "(from memory)", color="tab:cyan", ls="--", lw=1.5)
     _vlines(ax, [t / scale for t in tl.recoveries], "recovered (next step done)", color="tab:orange", lw=1.5)
     for i, (t, _) in enumerate(tl.failures):
         back = [r for r in tl.recoveries if r > t]

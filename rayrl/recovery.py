@@ -92,10 +92,17 @@ class Recovery:
                          backoff_s=delay)
         return delay
 
+    def loaded_from(self, source: str, **seconds: float) -> None:
+        """The rebuilt fleet was loaded from ``source`` (memory | storage); ``seconds``: how long each part
+        of the recovery took (start_s: resources, processes, group; load_s; sync_s: the weight sync)."""
+        if self._pending is not None:
+            self._pending.fields.update(source=source, **seconds)
+
     def resumed(self, step: int) -> None:
-        """The rebuilt fleet holds the state of ``step`` (0: a fresh start)."""
+        """The rebuilt fleet holds the state of ``step`` (0: a fresh start, nothing loaded: source None)."""
         if self._pending is not None:
             self._pending.fields["resumed_from"] = step
+            self._pending.fields.setdefault("source", None)
 
     def step_finished(self, step: int) -> None:
         """The first finished step after a failure closes the recovery with its duration."""
@@ -106,5 +113,6 @@ class Recovery:
         f = pending.fields
         self.events.emit(
             "recovered", f"recovered from the loss of {f['what']} (node {short(f['node'])}): resumed from step "
-            f"{f.get('resumed_from', 0)}, step {step} finished {seconds:.1f} s after the failure",
+            f"{f.get('resumed_from', 0)} ({f.get('source') or 'nothing loaded'}), step {step} finished {seconds:.1f} s "
+            "after the failure",
             **f, step=step, seconds_to_next_step=seconds)

@@ -105,6 +105,7 @@ def test_interpolation_defaults_overrides_and_user_yaml(tmp_path: Path) -> None:
         ("", ["runner.resume_dir=/x/y"], "runner.resume_dir: does not exist: /x/y"),
         ("", ["runner.checkpoint.keep_top_k=2"], "runner.checkpoint.keep_top_k: needs runner.checkpoint.metric"),
         ("", ["runner.checkpoint.max_to_keep=0"], "runner.checkpoint.max_to_keep: must be >= 1 (got 0)"),
+        ("", ["runner.checkpoint.memory_replicas=2"], "runner.checkpoint.memory_replicas: must be in [0, 1] (got 2)"),
         ("", ["data.task=jsonl"], "data.path: required when data.task is 'jsonl'"),
         ("", ["actor.model.hidden_size=130"], "actor.model.hidden_size: must be a multiple of actor.model.num_heads"),
         ("", ["runner.log_path=${runner.nope}"], "runner.log_path: Interpolation key 'runner.nope' not found"),

@@ -1,7 +1,8 @@
 """A Ray cluster of several nodes on this machine (ray.cluster_utils.Cluster, joined through RAY_ADDRESS):
 the node holding every training worker is killed mid-run and a replacement joins a few seconds later; the
 run detects the loss within seconds, waits for resources, rebuilds on the new node and ends with exit 0 and
-the weights of an uninterrupted run. Then Ctrl-C of a driver releases its workers and placement groups."""
+the weights of an uninterrupted run. It keeps memory replicas: both copies of each actor shard were on the
+lost node, so the recovery reads storage. Then Ctrl-C of a driver releases its workers and placement groups."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def _workers_below(node) -> list[str]:
 
 def test_losing_the_node_of_the_workers_recovers_on_a_replacement(cluster, reference, tmp_path):
     doomed = cluster.add_node(num_cpus=WORKER_CPUS, temp_dir=cluster.temp_dir)
-    proc = spawn_rayrl(tmp_path, *STEPS, env=env_for_tests(RAY_ADDRESS=cluster.address))
+    proc = spawn_rayrl(tmp_path, *STEPS, "runner.checkpoint.memory_replicas=1",
+                       env=env_for_tests(RAY_ADDRESS=cluster.address))
     try:
         wait_running(proc, lambda: (tracker_step(tmp_path) or 0) >= 4 and last_step(tmp_path) >= 5, 300,
                      "step 5, after the checkpoint of step 4")
@@ -76,6 +78,7 @@ def test_losing_the_node_of_the_workers_recovers_on_a_replacement(cluster, refer
     assert failure["time"] - removed_at < 10, "detection waited for the slow path"
     (recovered,) = events_named(tmp_path, "recovered")
     assert recovered["node"] == doomed.node_id and recovered["resumed_from"] >= 4
+    assert recovered["source"] == "storage", recovered  # every copy in memory was on the lost node
     assert rewards(tmp_path) == rewards(reference)
     assert_same_weights(final_weights(tmp_path, 20), final_weights(reference, 20))
     print("\n".join(["", *recovery_times(tmp_path, [removed_at]),

@@ -1,22 +1,25 @@
 """In-job recovery from the loss of a worker: SIGKILL of a rollout worker, of one actor rank and of the
 reference worker, each in the middle of its part of a step; SIGTERM (a preemption notice) to a worker; a
 hung worker. Each is detected, the group that lost a worker is replaced (the others keep their processes and
-reload), every group resumes from this run's latest checkpoint, and the run ends with exit 0 and the same
+reload), every group resumes from this run's latest checkpoint (from its copy in memory in the SIGKILL run,
+runner.checkpoint.memory_replicas=1; from storage in the other), and the run ends with exit 0 and the same
 weights and per-step rewards, bit for bit, as a run that was never interrupted."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 
 import pytest
 
 from tests.support import (
-    RECOVERY_STEPS, WITH_REFERENCE, assert_same_weights, descendants, events_named, final_weights, hang_env,
-    kill_session, last_step, output_of, pid_busy_in, recovery_times, rewards, spawn_rayrl, tracker_step,
+    RECOVERY_STEPS, WITH_REFERENCE, assert_same_weights, checkpoints_dir, descendants, events_named, final_weights,
+    hang_env, kill_session, last_step, output_of, pid_busy_in, recovery_times, rewards, spawn_rayrl, tracker_step,
     uninterrupted_run, wait_running,
 )
+from rayrl.checkpoint.format import ACTOR_DIR, step_dir_name
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +44,12 @@ def reference(tmp_path_factory):
 
 
 def test_sigkill_of_each_worker_role_mid_step(reference, tmp_path):
-    proc = spawn_rayrl(tmp_path, *STEPS, "runner.max_restarts=3")
+    """With memory replicas: every recovery loads the newest committed step from memory. Right after the
+    actor rank's kill the test moves that step's actor files out of the checkpoint directory: the recovery
+    still resumes from that step, so it read none of them."""
+    proc = spawn_rayrl(tmp_path, *STEPS, "runner.max_restarts=3", "runner.checkpoint.memory_replicas=1")
     killed_at, pids = [], []  # pids: each role's worker pids before each kill, then at the end
+    moved = None  # (step, where its actor files went)
     try:
         for n, (title, _, checkpoint) in enumerate(KILLS):
             wait_running(proc, lambda: (tracker_step(tmp_path) or 0) >= checkpoint and
@@ -50,6 +57,10 @@ def test_sigkill_of_each_worker_role_mid_step(reference, tmp_path):
             pids.append(worker_pids(proc.pid))
             os.kill(pid_busy_in(proc.pid, title, timeout=60), signal.SIGKILL)
             killed_at.append(time.time())
+            if title.startswith("ray::ActorWorker"):  # the coordinator is stuck in the step: nothing commits now
+                newest = tracker_step(tmp_path)
+                moved = newest, tmp_path / "moved-actor-files"
+                shutil.move(checkpoints_dir(tmp_path) / step_dir_name(newest) / ACTOR_DIR, moved[1])
             wait_running(proc, lambda: len(events_named(tmp_path, "recovered")) > n, 300, f"recovery {n + 1}")
         pids.append(worker_pids(proc.pid))
         rc = proc.wait(timeout=300)
@@ -69,6 +80,12 @@ def test_sigkill_of_each_worker_role_mid_step(reference, tmp_path):
     for e, (_, _, checkpoint) in zip(recovered, KILLS):
         assert e["resumed_from"] >= checkpoint and e["resumed_from"] % 4 == 0, e
         assert 0 < e["seconds_to_next_step"] < 300, e
+        assert e["source"] == "memory" and e["load_s"] >= 0 and e["sync_s"] >= 0, e
+    assert recovered[1]["resumed_from"] == moved[0], (recovered[1], moved)  # its actor files were not there
+    assert (moved[1] / ".metadata").is_file(), moved
+    assert not (checkpoints_dir(tmp_path) / step_dir_name(moved[0]) / ACTOR_DIR).exists(), moved
+    (memory,) = events_named(tmp_path, "memory_replicas")
+    assert memory["enabled"] and memory["bytes_per_rank"] > 0, memory
     assert "recovering from the latest checkpoint" in out and "recovered from the loss of actor[" in out
     assert rewards(tmp_path) == rewards(reference)  # every step once, same values
     assert_same_weights(final_weights(tmp_path, 20), final_weights(reference, 20))
@@ -81,9 +98,11 @@ def test_sigterm_saves_the_current_step_and_a_hang_hits_the_step_timeout(referen
     (tests/hang_hook) and runner.step_timeout_s catches it, spending the one counted recovery. The hang
     begins right after step 12's asynchronous save was started: the recovery keeps the actor ranks, lets
     their shards finish and commits step 12 (only the coordinator's step loop, stuck in step 13, would
-    have), so it resumes from 12, not from 8."""
+    have), so it resumes from 12, not from 8. Memory replicas are asked for with a budget far below what they
+    need: they are off, said once, and both recoveries read storage."""
     env = hang_env("13")
-    proc = spawn_rayrl(tmp_path, *STEPS, "runner.max_restarts=1", "runner.step_timeout_s=8", env=env)
+    proc = spawn_rayrl(tmp_path, *STEPS, "runner.max_restarts=1", "runner.step_timeout_s=8",
+                       "runner.checkpoint.memory_replicas=1", "runner.checkpoint.memory_budget_gb=0.00001", env=env)
     try:
         wait_running(proc, lambda: (tracker_step(tmp_path) or 0) >= 4 and last_step(tmp_path) >= 5, 300,
                      "step 5, after the checkpoint of step 4")
@@ -104,6 +123,9 @@ def test_sigterm_saves_the_current_step_and_a_hang_hits_the_step_timeout(referen
         first, noticed_after, saved)
     assert hung["what"] == "rollout[0]" and "no progress within runner.step_timeout_s=8" in hung["cause"], hung
     assert hung["counted"] and hung["restarts"] == 1 and second["resumed_from"] == 12, (hung, second)
+    assert first["source"] == second["source"] == "storage", (first, second)
+    (memory,) = events_named(tmp_path, "memory_replicas")
+    assert not memory["enabled"] and "exceeds runner.checkpoint.memory_budget_gb=1e-05" in memory["message"], memory
     assert rewards(tmp_path) == rewards(reference)
     assert_same_weights(final_weights(tmp_path, 20), final_weights(reference, 20))
     print("\n".join(["", *recovery_times(tmp_path)]))

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from rayrl.algorithms.grpo import policy_loss
 from rayrl.checkpoint.format import MODEL_KEY, OPTIMIZER_KEY, extra_state_file
 from rayrl.checkpoint.manifest import digest_tree
+from rayrl.checkpoint.memory import copy_nbytes, local_copy, restore_local
 from rayrl.checkpoint.errors import CheckpointInvalid
 from rayrl.checkpoint.rng import capture_rng_state, derived_seed, restore_rng_state, seed_rng_state
 from rayrl.checkpoint.torch_files import read_torch, write_torch
@@ -151,14 +152,17 @@ class ActorWorker(WorkerBase):
         """Write this rank's shards and extra state; returns their digests, or None while writing async."""
         storage = self._storage(directory)
         storage.makedirs(directory)
-        # The schedule itself is not saved (the config that resumes defines it): only its step count.
-        extra = {"rng": capture_rng_state(), "lr_scheduler": {"last_epoch": self.scheduler.last_epoch},
-                 "world_size": self.world_size}
+        extra = self._extra_state()
         extra_name = extra_state_file(self.rank)
         self._extra_digest = {extra_name: write_torch(storage, storage.join(directory, extra_name), extra)}
         self._save_digests = None
         self.ckpt.save(directory, self._dcp_state(), async_save)
         return None if async_save else self.checkpoint_status(block=True)
+
+    def _extra_state(self) -> dict[str, Any]:
+        # The schedule itself is not saved (the config that resumes defines it): only its step count.
+        return {"rng": capture_rng_state(), "lr_scheduler": {"last_epoch": self.scheduler.last_epoch},
+                "world_size": self.world_size}
 
     def checkpoint_status(self, block: bool) -> dict[str, dict] | None:
         """Digests of the last save once its files are on disk (re-raising a background error), else None.
@@ -187,10 +191,7 @@ class ActorWorker(WorkerBase):
         was saved with must find its own extra state (else CheckpointInvalid, raised by every rank alike before
         any collective); ranks beyond ``saved_world_size`` seed their RNG with ``derived_seed(seed, "actor",
         rank, step)`` and take the LR step count that every rank shares from rank 0's."""
-        from torch.distributed.checkpoint.state_dict import set_state_dict
-
         from rayrl.checkpoint.compat import model_mismatch
-        from rayrl.workers.policy import apply_optimizer_config, build_scheduler
 
         storage = self._storage(directory)
         missing = [r for r in range(saved_world_size) if not storage.isfile(storage.join(directory, extra_state_file(r)))]
@@ -209,10 +210,41 @@ class ActorWorker(WorkerBase):
             key = "runner.resume_dir" if explicit and storage.same(explicit, step_dir) else "actor.model"
             raise ConfigError(f"{key}: checkpoint {step_dir} does not fit actor.model: {mismatch}")
         self.ckpt.load(directory, state, verify=self.cfg.runner.checkpoint.verify_checksums)
+        own = self.rank < saved_world_size
+        self._apply_state(state, read_torch(storage, storage.join(directory, extra_state_file(self.rank if own else 0))),
+                          own, step)
+
+    # ---------------------------------------------------------------- in-memory copy of the newest checkpoint
+    def memory_copy_nbytes(self) -> int:
+        """Bytes of this rank's shards (model and optimizer): what one memory copy of its state holds."""
+        return copy_nbytes(self._dcp_state())
+
+    def memory_copy(self) -> dict[str, Any]:
+        """This rank's state as the checkpoint just saved has it (called right after ``save_checkpoint``,
+        before the next step): its local shards and extra state, as host tensors (rayrl.checkpoint.memory)."""
+        return {"state": local_copy(self._dcp_state()), "extra": self._extra_state()}
+
+    def hold_copy(self, copy: dict[str, Any]) -> dict[str, Any]:
+        """A peer rank's memory copy, returned so that a copy of it lives in this node's object store."""
+        return copy
+
+    def load_memory_copy(self, copy: dict[str, Any], step: int) -> None:
+        """Load this rank's state from its memory copy (same rank, same world size): no file read."""
+        if copy["extra"]["world_size"] != self.world_size:
+            raise ValueError(f"the memory copy of step {step} is of {copy['extra']['world_size']} actor ranks, "
+                             f"not {self.world_size}")
+        self.ckpt.wait_staged()
+        self._apply_state(restore_local(self._dcp_state(), copy["state"]), copy["extra"], True, step)
+
+    def _apply_state(self, state: dict[str, Any], extra: dict[str, Any], own: bool, step: int) -> None:
+        """Set the loaded model and optimizer state, the LR schedule's step count and the RNG (``own``: this
+        rank's saved RNG, else one derived for a rank beyond those saved)."""
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        from rayrl.workers.policy import apply_optimizer_config, build_scheduler
+
         set_state_dict(self.model, self.optimizer,
                        model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIMIZER_KEY])
-        own = self.rank < saved_world_size
-        extra = read_torch(storage, storage.join(directory, extra_state_file(self.rank if own else 0)))
         apply_optimizer_config(self.optimizer, self.cfg.actor.optim)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.actor.optim, self.cfg.runner.max_steps,
                                          steps_done=int(extra["lr_scheduler"]["last_epoch"]))

@@ -52,7 +52,14 @@ class Sampler:
         storage = storage_for(directory, self.cfg.runner.checkpoint.storage_options)
         storage.makedirs(directory)
         name = rollout_state_file(self.index)
-        return {name: write_torch(storage, storage.join(directory, name), self.engine.state_dict())}
+        return {name: write_torch(storage, storage.join(directory, name), self.sampling_state())}
+
+    def sampling_state(self) -> dict[str, Any]:
+        """The engine's sampling state, as a checkpoint holds it (also kept in memory by the coordinator)."""
+        return self.engine.state_dict()
+
+    def load_sampling_state(self, state: dict[str, Any]) -> None:
+        self.engine.load_state_dict(state)
 
     def load_checkpoint(self, directory: str, saved_workers: int, step: int) -> None:
         """Restore the engine's sampling state. An engine the checkpoint was saved with must find its file
