@@ -21,7 +21,7 @@ from pathlib import Path
 
 from benchmarks.common import Figure, Settings
 
-MODULES = ("io_throughput", "async_blocking", "overhead", "recovery", "resume_cost", "reward_scoring")
+MODULES = ("io_throughput", "async_blocking", "overhead", "recovery", "resume_cost", "reward_scoring", "placement")
 
 
 def _load_benchmarks() -> dict:

@@ -73,3 +73,17 @@ def test_quick_mode_runs_every_benchmark(tmp_path):
     for f in figures:
         assert math.isfinite(f["ratio"]) and f["value"] > 0 and f["reference"] > 0, f
     assert all(name in proc.stdout for name in FIGURES)  # the table
+
+
+def test_vs_trl_figures_from_step_records():
+    from benchmarks.vs_trl import SAMPLES_PER_STEP, reward_means, samples_per_s
+
+    # a resumed run: steps 3 and 4 recorded twice, the later records count; 4 intervals from step 1's end
+    steps = [{"step": s, "time": 10.0 + s, "reward_mean": 0.0} for s in (1, 2, 3, 4)]
+    steps += [{"step": s, "time": 20.0 + s, "reward_mean": float(s)} for s in (3, 4, 5, 6, 7, 8, 9, 10)]
+    assert samples_per_s(steps) == SAMPLES_PER_STEP * 9 / (30.0 - 11.0)
+    assert reward_means(steps) == (2.4, 8.0)  # steps 1-5: 0, 0, 3, 4, 5; steps 6-10
+    with pytest.raises(SystemExit):
+        from benchmarks.vs_trl import main
+
+        main(["--steps", "20", "--kill-after", "19"])

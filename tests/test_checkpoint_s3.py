@@ -35,11 +35,14 @@ from tests.support import (
 
 
 class RecordingStorage(FsspecStorage):
-    """The real fsspec storage, noting every object written and every directory removed, in order."""
+    """The real fsspec storage, noting every object written and every directory removed, in order; and in
+    ``fs_acts`` what it asked of s3fs for deletes and copies, object by object."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.acts: list[tuple[str, str]] = []
+        self.fs_acts: list[tuple[str, str]] = []
+        self.fs = _RecordingFs(self.fs, self.fs_acts)
 
     def write_bytes(self, path, data) -> None:
         super().write_bytes(path, data)
@@ -48,6 +51,28 @@ class RecordingStorage(FsspecStorage):
     def remove(self, path) -> None:
         super().remove(path)
         self.acts.append(("remove", str(path)))
+
+
+class _RecordingFs:
+    """An s3fs client passing every call through, noting deletes and copies (object, in order)."""
+
+    def __init__(self, fs, acts: list[tuple[str, str]]) -> None:
+        self._fs, self._acts = fs, acts
+
+    def __getattr__(self, name: str):
+        return getattr(self._fs, name)
+
+    def rm_file(self, path: str) -> None:
+        self._acts.append(("rm_file", path))
+        self._fs.rm_file(path)
+
+    def rm(self, path: str, recursive: bool = False) -> None:
+        self._acts.append(("rm", path))
+        self._fs.rm(path, recursive=recursive)
+
+    def copy(self, src: str, dst: str) -> None:
+        self._acts.append(("copy", dst))
+        self._fs.copy(src, dst)
 
 
 class S3Part:
@@ -161,6 +186,8 @@ def test_retention_deletes_only_after_a_newer_manifest(s3_server):
     removed_1 = next(i for i, (a, p) in enumerate(acts) if a == "remove" and p[-1] == "global_step_1")
     assert manifest_2 < removed_1
     assert _names(s3_server, url) == ["global_step_2", TRACKER_FILE]
+    deletes = [(op, p) for op, p in mgr.storage.fs_acts if "/global_step_1" in p]
+    assert deletes[0] == ("rm_file", f"{url[len('s3://'):]}/global_step_1/{MANIFEST_FILE}"), deletes  # first
     with pytest.raises(CheckpointError):  # a save that fails deletes nothing
         mgr.save(3, [S3Part("a", 3), _Failing()], {"global_step": 3, "metrics": {}})
     assert mgr.latest() == f"{url}/global_step_2"
@@ -186,6 +213,12 @@ def test_resume_mode_disable_archives_in_the_bucket(s3_server):
     assert _names(s3_server, f"{url}/run_0") == ["global_step_1", "global_step_2", TRACKER_FILE]
     for step in (1, 2):
         verify_checkpoint(f"{url}/run_0/global_step_{step}", expected_step=step)
+    acts = mgr.storage.fs_acts
+    copies = [p for op, p in acts if op == "copy" and "/run_0/global_step_1/" in p]
+    assert copies[-1].endswith(f"run_0/global_step_1/{MANIFEST_FILE}") and len(copies) == 4  # the copy: manifest last
+    source = [(op, p) for op, p in acts if op != "copy" and "/archive/global_step_1" in p]
+    assert source[0] == ("rm_file", f"{url[len('s3://'):]}/global_step_1/{MANIFEST_FILE}")  # the source: first
+    assert acts.index(("copy", copies[-1])) < acts.index(source[0])
     _save(mgr, 1)
     assert mgr.prepare(None, "disable", False) is None and _names(s3_server, url) == ["run_0", "run_1"]
 

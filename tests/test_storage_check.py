@@ -41,15 +41,16 @@ def _private_node(address: str, temp_dir: str, covered: Path) -> subprocess.Pope
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _private_node_id(address: str) -> dict:
+def _wait_for_private_node(address: str) -> dict:
+    """The Ray node record of the node with the custom resource, once it has joined."""
     import ray
 
     ray.init(address=address, log_to_driver=False)
     try:
-        nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get(PRIVATE)]
+        return wait_until(lambda: next((n for n in ray.nodes() if n["Alive"] and n["Resources"].get(PRIVATE)),
+                                       None), 120, "the private node to join", interval=0.5)
     finally:
         ray.shutdown()
-    return nodes[0] if nodes else {}
 
 
 def test_the_marker_is_read_back_only_where_it_was_written(tmp_path):
@@ -70,7 +71,7 @@ def test_a_run_directory_a_worker_node_cannot_see_stops_before_step_1(tmp_path):
     node = None
     try:
         node = _private_node(cluster.address, cluster.temp_dir, out)
-        private = wait_until(lambda: _private_node_id(cluster.address), 120, "the private node to join")
+        private = _wait_for_private_node(cluster.address)
         proc = subprocess.run(rayrl_cmd(out, "runner.max_steps=3", "runner.save_interval=1"),
                               env=env_for_tests(RAY_ADDRESS=cluster.address), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, timeout=600)
