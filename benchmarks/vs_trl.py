@@ -152,9 +152,11 @@ def same_weights(a: dict, b: dict) -> bool:
 
 def phases(steps: list[dict], system: str) -> dict[str, float]:
     """Median seconds per step in each phase, steps after the first."""
-    later = sorted(steps, key=lambda r: r["step"])[1:]
-    ends = {r["step"]: r["time"] for r in steps}
-    interval = statistics.median(ends[r["step"]] - ends[r["step"] - 1] for r in later if r["step"] - 1 in ends)
+    ends = {r["step"]: r["time"] for r in steps}  # TRL's multi-step generation logs every other step only
+    later = [r for r in steps if r["step"] - 1 in ends and ends[r["step"] - 1] < r["time"]]
+    if not later:
+        return {}
+    interval = statistics.median(ends[r["step"]] - ends[r["step"] - 1] for r in later)
     if system == "rayrl":
         out = {"generate+score": statistics.median(r["gen_time_s"] + r["score_time_s"] for r in later),
                "reference": statistics.median(r["ref_time_s"] for r in later),
@@ -221,6 +223,11 @@ def compare(work: Path, model_dir: Path, data: Path, steps: int, kill_after: int
         t0 = time.perf_counter()
         runs[name] = start()
         print(f"# {name}: {time.perf_counter() - t0:.0f} s, load average {_load()}", flush=True)
+    return summarise(runs)
+
+
+def summarise(runs: dict[str, dict]) -> dict:
+    """The figures of every run (its step records and final weights, by name as ``compare`` plans them)."""
     out: dict = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "load_average_end": _load(), "runs": {}}
     for name, run in runs.items():
         first5, last5 = reward_means(run["steps"])

@@ -76,13 +76,18 @@ def test_quick_mode_runs_every_benchmark(tmp_path):
 
 
 def test_vs_trl_figures_from_step_records():
-    from benchmarks.vs_trl import SAMPLES_PER_STEP, reward_means, samples_per_s
+    from benchmarks.vs_trl import SAMPLES_PER_STEP, phases, reward_means, samples_per_s
 
     # a resumed run: steps 3 and 4 recorded twice, the later records count; 4 intervals from step 1's end
     steps = [{"step": s, "time": 10.0 + s, "reward_mean": 0.0} for s in (1, 2, 3, 4)]
     steps += [{"step": s, "time": 20.0 + s, "reward_mean": float(s)} for s in (3, 4, 5, 6, 7, 8, 9, 10)]
     assert samples_per_s(steps) == SAMPLES_PER_STEP * 9 / (30.0 - 11.0)
     assert reward_means(steps) == (2.4, 8.0)  # steps 1-5: 0, 0, 3, 4, 5; steps 6-10
+    every_other = [{"step": s, "time": float(s), "began": s - 0.5, "reward_mean": 0.0, "gen_s": 0.1, "prepare_s": 0.2}
+                   for s in (1, 3, 5)]  # TRL's multi-step generation logs its generation steps only
+    assert phases(every_other, "trl") == {}
+    rest = phases([{**r, "step": r["step"] // 2 + 1} for r in every_other], "trl")["rest (checkpoint, loop)"]
+    assert rest == 2.0 - 0.5  # interval 2 s, of which the step itself took 0.5
     with pytest.raises(SystemExit):
         from benchmarks.vs_trl import main
 
