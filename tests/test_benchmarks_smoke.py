@@ -62,11 +62,12 @@ def test_table_lists_every_figure():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # every benchmark's code path once: six driver launches and a three-node cluster
 def test_quick_mode_runs_every_benchmark(tmp_path):
     out = tmp_path / "figures.jsonl"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--work-dir", str(tmp_path / "work"),
                            "--json", str(out)], cwd=REPO, env=env_for_tests(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=900)
+                          stderr=subprocess.STDOUT, text=True, timeout=1400)
     assert proc.returncode == 0, proc.stdout[-5000:]
     figures = [json.loads(line) for line in out.read_text().splitlines()]
     assert {f["figure"] for f in figures} == FIGURES
