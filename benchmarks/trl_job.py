@@ -13,6 +13,7 @@ appended across resumes) and, when done, the final weights into ``<out>/final``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -40,19 +41,21 @@ class TimedGRPOTrainer(GRPOTrainer):
 
     phase_s = {"gen_s": 0.0, "prepare_s": 0.0}
 
-    def _generate(self, *args, **kwargs):
+    @contextlib.contextmanager
+    def _timed(self, phase: str):
         t0 = time.perf_counter()
         try:
-            return super()._generate(*args, **kwargs)
+            yield
         finally:
-            self.phase_s["gen_s"] += time.perf_counter() - t0
+            self.phase_s[phase] += time.perf_counter() - t0
+
+    def _generate(self, *args, **kwargs):
+        with self._timed("gen_s"):
+            return super()._generate(*args, **kwargs)
 
     def _generate_and_score_completions(self, *args, **kwargs):
-        t0 = time.perf_counter()
-        try:
+        with self._timed("prepare_s"):
             return super()._generate_and_score_completions(*args, **kwargs)
-        finally:
-            self.phase_s["prepare_s"] += time.perf_counter() - t0
 
 
 class StepLog(TrainerCallback):

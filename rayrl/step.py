@@ -50,15 +50,14 @@ def run_step(fleet: Fleet, cfg: Any, scoring: Scoring, items: list[dict], step: 
         "response_ids": rollouts.response_ids, "response_mask": rollouts.response_mask,
         "advantages": group_advantages(rewards, n, cfg.algorithm.norm_adv_by_std),
     }
-    t0 = time.perf_counter()
+    t_scored = time.perf_counter()
     if fleet.reference is not None:
         batch["ref_logp"] = reference_logprobs(fleet, batch)
-    t_ref = time.perf_counter() - t0
-    batch_ref = ray.put(batch)
-    stats = fleet.wait_all(fleet.actor.call("train_step", batch_ref), "actor")
-    t_train = time.perf_counter() - t0 - t_ref
+    t_referenced = time.perf_counter()
+    stats = fleet.wait_all(fleet.actor.call("train_step", ray.put(batch)), "actor")
+    t_trained = time.perf_counter()
     sync_weights(fleet)
-    t_sync = time.perf_counter() - t0 - t_ref - t_train
+    t_synced = time.perf_counter()
 
     lengths = rollouts.response_mask.sum(dim=1).float()
     metrics = {
@@ -73,9 +72,9 @@ def run_step(fleet: Fleet, cfg: Any, scoring: Scoring, items: list[dict], step: 
         "save_staging_wait_s": max(s["save_staging_wait_s"] for s in stats),  # the loop waited this long
         "gen_time_s": t_gen,
         "score_time_s": scoring.last_s,
-        "ref_time_s": t_ref,
-        "train_time_s": t_train,
-        "sync_time_s": t_sync,
+        "ref_time_s": t_referenced - t_scored,
+        "train_time_s": t_trained - t_referenced,
+        "sync_time_s": t_synced - t_trained,
         "time_s": time.perf_counter() - start,
     }
     return metrics
