@@ -40,6 +40,7 @@ from rayrl.run_lock import RunLock
 from rayrl.runlog import EventLog, EventLogHandler, MetricsLog
 from rayrl.trackers import Trackers, resolve
 from rayrl.workers.group import remove_leftovers
+from rayrl.workers.weight_sync import paths_event
 
 if TYPE_CHECKING:
     from rayrl.data.loader import BatchStream
@@ -281,6 +282,9 @@ class Coordinator:
         fleet = self.fleet
         t0 = time.perf_counter()
         new_roles = fleet.start(report=lambda message: self.events.emit("waiting_for_resources", message))
+        if fleet.weight_paths is not None and new_roles & {"actor", "rollout"}:
+            message, fields = paths_event(fleet.weight_paths)
+            self.events.emit("weight_sync", message, **fields)
         start_s = time.perf_counter() - t0  # resources, worker processes (imports), process group
         self._check_storage(fleet, new_roles)
         stream = BatchStream(self.dataset, cfg.data.batch_size, runner.seed)

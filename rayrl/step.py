@@ -16,9 +16,11 @@ import torch
 from rayrl.algorithms.grpo import group_advantages
 from rayrl.data.scoring import Scorer
 from rayrl.engines import Rollouts
+from rayrl.failures import WorkerId
 from rayrl.workers import reward_pool
 from rayrl.workers.fleet import Fleet
-from rayrl.workers.roles import ROLLOUT
+from rayrl.workers.roles import ACTOR, ROLLOUT
+from rayrl.workers.weight_sync import IPC, OBJECT_STORE
 
 SUMMED_ACTOR_STATS = ("loss", "pg_loss", "kl", "clip_frac")  # already divided by the global token count
 
@@ -127,11 +129,24 @@ def reference_logprobs(fleet: Fleet, batch: dict[str, torch.Tensor]) -> torch.Te
 def sync_weights(fleet: Fleet) -> None:
     """Put the actor's new weights into every engine. Engines hosted by the actor ranks (colocated): each
     rank gathers the full weights within the actor group and loads its own, in-process. Engines of their
-    own: rank 0 gathers them once, and every rollout worker loads them from the object store."""
+    own: rank 0 gathers them once, and each rollout worker loads them by the path chosen for it at the
+    fleet's start (rayrl.workers.weight_sync): engines on rank 0's node map rank 0's copy through handles,
+    the others load it from the object store; rank 0 frees its copy once every engine has answered."""
     if fleet.host_of(ROLLOUT) is not None:
         fleet.wait_all(fleet.actor.call("sync_engine"), "actor")
         return
-    weight_refs = fleet.actor.call("full_state_dict")
-    sync_refs = fleet.rollout.call("load_weights", weight_refs[0])
-    fleet.wait_all(weight_refs, "actor")
+    paths = [path for path, _ in fleet.weight_paths]
+    if IPC not in paths:
+        weight_refs = fleet.actor.call("full_state_dict")
+        sync_refs = fleet.rollout.call("load_weights", weight_refs[0])
+        fleet.wait_all(weight_refs, "actor")
+        fleet.wait_all(sync_refs, "rollout")
+        return
+    rank0 = fleet.actor.workers[0]
+    handle_refs = fleet.actor.call("share_full_state_dict", paths.count(IPC))
+    host_ref = rank0.shared_host_copy.remote() if OBJECT_STORE in paths else None
+    sync_refs = [engine.load_shared_weights.remote(handle_refs[0]) if path == IPC
+                 else engine.load_weights.remote(host_ref) for engine, path in zip(fleet.rollout.workers, paths)]
+    fleet.wait_all(handle_refs, "actor")
     fleet.wait_all(sync_refs, "rollout")
+    fleet.wait(rank0.release_shared_weights.remote(), WorkerId(ACTOR, 0))

@@ -35,6 +35,7 @@ class ActorWorker(WorkerBase):
     def __init__(self, cfg: Any, rank: int, world_size: int) -> None:
         super().__init__(cfg, role="actor", index=rank)
         self.rank, self.world_size = rank, world_size
+        self._shared: dict[str, torch.Tensor] = {}  # rank 0: the full weights the ipc engines map (weight sync)
 
     def setup(self, master_addr: str, master_port: int) -> None:
         """Join the group, build the sharded policy, optimizer and LR schedule."""
@@ -103,11 +104,41 @@ class ActorWorker(WorkerBase):
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Gather the full weights once (a collective); rank 0 returns them for the rollout workers."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        sd = self._gather_full(cpu_offload=True)
         self._release_cached_memory()
         return sd if self.rank == 0 else None
+
+    def share_full_state_dict(self, receivers: int) -> list[tuple[str, str, tuple]] | None:
+        """Gather the full weights once (a collective) where they are (on a GPU: into its memory); rank 0
+        keeps them and returns handles that ``receivers`` engines of its node open (the ipc path of
+        rayrl.workers.weight_sync), until ``release_shared_weights``. The others return None."""
+        from rayrl.workers.weight_sync import export_handles
+
+        self._shared = {}  # a sync that failed half-way left these: freed now
+        sd = self._gather_full(cpu_offload=self.device.type != "cuda")
+        if self.rank != 0:
+            return None
+        handles, kept = export_handles(sd, receivers)
+        self._shared = dict(zip(sd, kept))
+        return handles
+
+    def shared_host_copy(self) -> dict[str, torch.Tensor]:
+        """Rank 0: the kept full weights as host tensors, for the engines on the object-store path of the
+        same sync (engines on other nodes)."""
+        return {name: t.cpu() for name, t in self._shared.items()}
+
+    def release_shared_weights(self) -> None:
+        """Every engine has loaded the shared weights: free them (on a GPU, the blocks the engines mapped)."""
+        self._shared = {}
+        if self.device.type == "cuda":
+            torch.cuda.ipc_collect()
+        self._release_cached_memory()
+
+    def _gather_full(self, cpu_offload: bool) -> dict[str, torch.Tensor]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True,
+                                                                         cpu_offload=cpu_offload))
 
     def export_hf(self, directory: str) -> dict[str, dict]:
         """Write the policy as a Hugging Face model directory, every rank its own shards in parallel (a

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from rayrl.workers.devices import use_deterministic_kernels, worker_device
+from rayrl.workers.weight_sync import device_info
 
 
 class WorkerBase:
@@ -26,6 +27,7 @@ class WorkerBase:
         if cfg.runner.deterministic:
             use_deterministic_kernels()  # before the first CUDA call
         self.device = worker_device(f"{role}.num_gpus_per_worker", getattr(cfg, role).num_gpus_per_worker)
+        self.device_info = device_info(self.device)  # for the weight-sync path choice (rayrl.workers.weight_sync)
         try:
             signal.signal(signal.SIGTERM, self._on_sigterm)  # replaces Ray's handler, which would exit
         except ValueError:  # not the main thread (threaded actors): no notice handling
@@ -36,11 +38,13 @@ class WorkerBase:
         self.preemption_notice = True
 
     def ping(self) -> dict[str, Any]:
-        """Liveness probe plus what the coordinator needs to act on a notice and to say where a failure was."""
+        """Liveness probe plus what the coordinator needs to act on a notice, to say where a failure was and
+        to choose each engine's weight-sync path."""
         import ray
 
         return {"role": self.role, "index": self.index, "pid": os.getpid(),
-                "node": ray.get_runtime_context().get_node_id(), "preemption_notice": self.preemption_notice}
+                "node": ray.get_runtime_context().get_node_id(), "preemption_notice": self.preemption_notice,
+                "device": self.device_info}
 
     def read_storage_marker(self, path: str, nonce: str) -> dict[str, Any]:
         """Whether this worker sees the marker the coordinator wrote (``problem`` None), and where it runs."""

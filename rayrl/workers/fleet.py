@@ -14,6 +14,7 @@ from ray.exceptions import RayActorError
 from rayrl.failures import InfraFailure, WorkerId, gather
 from rayrl.workers.group import HostedGroup, WorkerGroup
 from rayrl.workers.roles import ACTOR, REFERENCE, ROLLOUT, RoleSpec, role_specs
+from rayrl.workers.weight_sync import choose_paths
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ class Fleet:
         self.specs = {spec.name: spec for spec in role_specs(cfg) if spec.enabled(cfg)}
         self._groups = {name: self._new_group(spec) for name, spec in self.specs.items() if spec.host is None}
         self.where: dict[WorkerId, dict[str, Any]] = {}  # worker -> {"node", "pid"}, from the start-up pings
+        self.devices: dict[WorkerId, dict[str, Any]] = {}  # worker -> its weight_sync.device_info, from the same
+        # split placement: each rollout engine's weight-sync path and why (rayrl.workers.weight_sync), per start
+        self.weight_paths: list[tuple[str, str]] | None = None
 
     def _new_group(self, spec: RoleSpec) -> WorkerGroup:
         """A group of role ``spec`` with its placement group requested and no workers yet (see start)."""
@@ -89,7 +93,18 @@ class Fleet:
         others = [wid for wid, _ in workers if wid not in ranks]
         results = self._gather(calls + [pings[wid] for wid in others], ranks + others, bound)
         self._locate(others, results[len(calls):])
+        if self.host_of(ROLLOUT) is None:
+            self.weight_paths = self._choose_weight_paths()
         return new_names
+
+    def _choose_weight_paths(self) -> list[tuple[str, str]]:
+        """Each rollout engine's weight-sync path, from where it and actor rank 0 run and what they see."""
+        def info(worker: WorkerId) -> dict[str, Any]:
+            return {**self.where[worker], **self.devices[worker]}
+
+        engines = [info(WorkerId(ROLLOUT, i)) for i in range(self.rollout.size)]
+        return choose_paths(info(WorkerId(ACTOR, 0)), engines, self.cfg.rollout.backend,
+                            self.cfg.rollout.tensor_parallel_size)
 
     def read_storage_marker(self, path: str, nonce: str, roles: set[str]) -> dict[WorkerId, dict[str, Any]]:
         """Every worker of ``roles`` reads the storage marker back: worker -> {problem, node, ip}."""
@@ -130,9 +145,11 @@ class Fleet:
             self._groups[name].kill()
             self._groups[name] = self._new_group(self.specs[name])
         self.where = {w: info for w, info in self.where.items() if w.role not in names}
+        self.devices = {w: info for w, info in self.devices.items() if w.role not in names}
 
     def _locate(self, workers: list[WorkerId], pings: list[dict[str, Any]]) -> None:
         self.where.update({w: {"node": p["node"], "pid": p["pid"]} for w, p in zip(workers, pings)})
+        self.devices.update({w: p["device"] for w, p in zip(workers, pings)})
 
     def workers(self) -> list[tuple[WorkerId, ray.actor.ActorHandle]]:
         return [(WorkerId(g.name, i), w) for g in self.groups for i, w in enumerate(g.workers)]

@@ -19,6 +19,7 @@ from rayrl.data.prompts import render_prompt
 from rayrl.data.scoring import Scorer
 from rayrl.engines import GenerationEngine, Rollouts
 from rayrl.workers.base import WorkerBase
+from rayrl.workers.weight_sync import open_handles
 
 
 class Sampler:
@@ -46,6 +47,15 @@ class Sampler:
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.engine.load_weights(state_dict)
+
+    def load_shared_weights(self, handles: list[tuple[str, str, tuple]]) -> None:
+        """Load the weights behind actor rank 0's handles (the ipc path of rayrl.workers.weight_sync) and
+        let go of them before answering: rank 0 frees them once every engine has answered."""
+        tensors = open_handles(handles)
+        self.engine.load_weights(tensors)
+        if any(t.is_cuda for t in tensors.values()):
+            torch.cuda.synchronize()  # the copies out of rank 0's memory are done before it may free it
+        tensors.clear()
 
     def save_checkpoint(self, directory: str) -> dict[str, dict]:
         """Write the engine's sampling state; returns the digest of the file written."""

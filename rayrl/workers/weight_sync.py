@@ -1,0 +1,121 @@
+"""How the actor's new weights reach the rollout engines of split placement: two paths, one per engine.
+
+- ``ipc`` (an engine on the node of actor rank 0): rank 0 keeps the gathered full weights in memory that the
+  engine's process can map (on a GPU: the CUDA memory they were gathered into, exported as CUDA IPC handles;
+  on CPU: host shared memory, torch's file_system sharing) and sends the engines only handles, through Ray.
+  Each engine opens them, copies the weights into its model and lets go; rank 0 frees the memory once every
+  engine has answered. Nothing of the weights passes through Ray's object store or the host (on a GPU).
+- ``object_store`` (the fallback, and the only path across nodes): the full weights as host tensors through
+  Ray's object store.
+
+``choose_paths`` picks each engine's path once per fleet start, from where the processes run and what they
+see; the rest is the two halves of the ipc path: ``export_handles`` in rank 0, ``open_handles`` in the engine.
+No Ray here: the GPU smoke suite drives both halves in two plain processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.multiprocessing
+from torch.multiprocessing.reductions import (rebuild_cuda_tensor, rebuild_storage_filename, reduce_storage,
+                                              reduce_tensor)
+
+IPC, OBJECT_STORE = "ipc", "object_store"
+_CUDA_DEVICE_ARG = 6  # the position of the exporting process's device index in rebuild_cuda_tensor's arguments
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    """What the path choice needs to know of a worker's device: its type, the UUID of its GPU, and the UUIDs
+    of every GPU the process can see (Ray normally shows a worker only the GPUs it assigned to it)."""
+    if device.type != "cuda":
+        return {"device": device.type, "gpu": None, "visible_gpus": []}
+    visible = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
+    return {"device": "cuda", "gpu": visible[device.index], "visible_gpus": visible}
+
+
+def choose_paths(source: dict[str, Any], engines: list[dict[str, Any]], backend: str,
+                 tensor_parallel_size: int) -> list[tuple[str, str]]:
+    """Each engine's path and why. ``source``: actor rank 0, ``engines``: the rollout workers, each a
+    ``device_info`` dict plus its ``node`` id. ipc needs the same node; on a GPU also that the engine's
+    process sees rank 0's GPU (it maps that GPU's memory) and that the engine loads in its own process (vLLM
+    with tensor parallelism hands the weights on to worker processes of its own)."""
+    paths = []
+    for engine in engines:
+        if engine["node"] != source["node"]:
+            paths.append((OBJECT_STORE, "on another node than actor rank 0"))
+        elif backend == "vllm" and tensor_parallel_size > 1:
+            paths.append((OBJECT_STORE, "vLLM with rollout.tensor_parallel_size > 1 loads in its own workers"))
+        elif source["device"] == "cuda" and source["gpu"] not in engine["visible_gpus"]:
+            paths.append((OBJECT_STORE, "same node, but actor rank 0's GPU is not visible to the engine's process"))
+        elif source["device"] == "cuda":
+            paths.append((IPC, "same node: CUDA IPC handles to actor rank 0's GPU memory"))
+        else:
+            paths.append((IPC, "same node: handles to host shared memory"))
+    return paths
+
+
+def paths_event(paths: list[tuple[str, str]]) -> tuple[str, dict[str, Any]]:
+    """The ``weight_sync`` event of a fleet start: its console line and its fields (one entry per engine)."""
+    line = "; ".join(f"engine {i}: {path} ({why})" for i, (path, why) in enumerate(paths))
+    return f"weight sync: {line}", {"paths": [p for p, _ in paths], "reasons": [why for _, why in paths]}
+
+
+def export_handles(state_dict: dict[str, torch.Tensor], receivers: int
+                   ) -> tuple[list[tuple[str, str, tuple]], list[torch.Tensor]]:
+    """Handles to the tensors of ``state_dict`` that ``receivers`` processes of this node can open (each
+    exactly once), and the tensors they point to, which the caller keeps alive until every receiver has
+    answered. CUDA tensors are exported where they are; host tensors are first copied into shared memory."""
+    handles, kept = [], []
+    for name, tensor in state_dict.items():
+        if tensor.is_cuda:
+            _, args = reduce_tensor(tensor)  # rebuild_cuda_tensor's; torch counts the receivers' references itself
+            uuid = str(torch.cuda.get_device_properties(tensor.device).uuid)
+            handles.append((name, "cuda", (uuid, args)))
+            kept.append(tensor)
+        else:
+            shared = _to_shared_memory(tensor)
+            storage = shared.untyped_storage()
+            for _ in range(receivers):  # one reference in flight per receiver, which its open takes over
+                _, args = reduce_storage(storage)  # rebuild_storage_filename's
+            handles.append((name, "cpu", (args, shared.dtype, tuple(shared.shape), shared.stride(),
+                                          shared.storage_offset())))
+            kept.append(shared)
+    return handles, kept
+
+
+def _to_shared_memory(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of ``tensor`` in host shared memory under the file_system strategy: its handle is a name that
+    any process of the node opens (the default strategy passes file descriptors over a connection between
+    the two processes, which the Ray message that carries the handle is not)."""
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    return torch.empty(tensor.shape, dtype=tensor.dtype).share_memory_().copy_(tensor)
+
+
+def open_handles(handles: list[tuple[str, str, tuple]]) -> dict[str, torch.Tensor]:
+    """The tensors behind ``export_handles``' handles, mapped into this process (nothing is copied): CUDA
+    ones on this process's index of the exporting GPU. Drop them once loaded, so the exporter can free them."""
+    out: dict[str, torch.Tensor] = {}
+    local_index: dict[str, int] = {}
+    for name, kind, payload in handles:
+        if kind == "cuda":
+            uuid, args = payload
+            if uuid not in local_index:
+                local_index[uuid] = _visible_index(uuid)
+            args = list(args)
+            args[_CUDA_DEVICE_ARG] = local_index[uuid]
+            out[name] = rebuild_cuda_tensor(*args)
+        else:
+            storage_args, dtype, shape, stride, offset = payload
+            storage = rebuild_storage_filename(*storage_args)
+            out[name] = torch.empty(0, dtype=dtype).set_(storage, offset, shape, stride)
+    return out
+
+
+def _visible_index(uuid: str) -> int:
+    for i in range(torch.cuda.device_count()):
+        if str(torch.cuda.get_device_properties(i).uuid) == uuid:
+            return i
+    raise RuntimeError(f"weight sync: GPU {uuid} of actor rank 0 is not visible to this process "
+                       "(the path choice should have sent these weights through the object store)")
