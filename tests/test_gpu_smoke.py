@@ -19,5 +19,6 @@ def test_gpu_smoke_suite_passes_on_cpu() -> None:
     assert proc.returncode == 0, proc.stdout[-4000:]
     summary = re.search(r"^(\d+) passed, (\d+) failed, (\d+) not applicable", proc.stdout, re.M)
     assert summary is not None, proc.stdout[-2000:]
-    assert summary.groups() == ("9", "0", "1"), summary.group(0)
+    assert summary.groups() == ("10", "0", "1"), summary.group(0)
+    assert re.search(r"^PASS weight_sync_handles .*: \d+ cpu handles", proc.stdout, re.M), proc.stdout[-2000:]
     assert re.search(r"^N/A  cuda_rng_round_trip: CUDA only$", proc.stdout, re.M), proc.stdout[-2000:]

@@ -203,6 +203,37 @@ class Suite:
         assert (torch.equal(sharded, plain) if self.exact else diff < 1e-4), f"max |diff| {diff:g}"
         return f"max |diff| {diff:g}"
 
+    def check_weight_sync_handles(self) -> str:
+        """The same-node weight sync (rayrl.workers.weight_sync, the ipc path) across two processes: this one
+        is actor rank 0 and exports handles to its gathered weights (CUDA IPC on a GPU, host shared memory on
+        CPU); a spawned one is the engine, opens them and loads them into an hf engine, and its logits must be
+        the trained actor's."""
+        import multiprocessing
+
+        import torch
+
+        cfg = make_config(self.model_dir, self.gpus)
+        out = self.work / "engine_logits.pt"
+        actor = new_actor(cfg)
+        try:
+            actor.train_step(self.batch)  # the engine starts from the initial weights: only a sync makes them equal
+            handles = actor.share_full_state_dict(receivers=1)
+            kinds = {kind for _, kind, _ in handles}
+            child = multiprocessing.get_context("spawn").Process(
+                target=_engine_process, args=(self.model_dir, self.gpus, handles, self.batch["prompt_ids"], str(out)))
+            child.start()
+            child.join(timeout=240)
+            assert child.exitcode == 0, f"the engine process exited with {child.exitcode}"
+            actor.release_shared_weights()
+            with torch.no_grad():
+                expected = actor.model(input_ids=self.batch["prompt_ids"].to(self.device)).logits.cpu()
+        finally:
+            actor.shutdown()
+        got = torch.load(out, weights_only=True)
+        diff = (got.float() - expected.float()).abs().max().item()
+        assert (torch.equal(got, expected) if self.exact else diff < 1e-4), f"max |diff| {diff:g}"
+        return f"{len(handles)} {'/'.join(sorted(kinds))} handles; engine logits max |diff| {diff:g}"
+
     def check_async_save_and_load(self) -> str:
         cfg = make_config(self.model_dir, self.gpus)
         ckpt = self.work / "ckpt"
@@ -294,6 +325,20 @@ class Suite:
         if self.exact:
             assert without, "CPU: two runs differ without runner.deterministic"
         return f"deterministic=true identical; false {'identical' if without else 'differs (allowed on CUDA)'}"
+
+
+def _engine_process(model_dir: str, gpus: float, handles: list, prompt_ids: Any, out: str) -> None:
+    """The engine side of check_weight_sync_handles, in a process of its own: load rank 0's weights through
+    its handles, then write the logits of ``prompt_ids``."""
+    import torch
+
+    from rayrl.workers.rollout import RolloutWorker
+
+    worker = RolloutWorker(make_config(model_dir, gpus), 0)
+    worker.load_shared_weights(handles)
+    with torch.no_grad():
+        logits = worker.engine.model(input_ids=prompt_ids.to(worker.engine.device)).logits
+    torch.save(logits.cpu(), out)
 
 
 def _two_runs_identical(model_dir: str, gpus: float, deterministic: bool) -> bool:
