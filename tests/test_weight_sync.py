@@ -50,11 +50,10 @@ def test_the_event_lists_every_engine():
 
 @pytest.fixture
 def two_nodes():
-    """The test process on a head with no CPUs; node A fits both actor ranks and two engines, node B one
-    engine: the rollout group (SPREAD) lands on both nodes."""
-    cluster = start_local_cluster("rws-", num_cpus=0)
+    """Two Ray nodes: the head (where this process is the driver) fits both actor ranks and two engines, the
+    other node one engine: the rollout group (SPREAD) lands on both."""
+    cluster = start_local_cluster("rws-", num_cpus=4)
     try:
-        cluster.add_node(num_cpus=4, temp_dir=cluster.temp_dir)
         cluster.add_node(num_cpus=1, temp_dir=cluster.temp_dir)
         cluster.wait_for_nodes()
         yield cluster

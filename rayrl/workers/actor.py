@@ -108,7 +108,7 @@ class ActorWorker(WorkerBase):
         self._release_cached_memory()
         return sd if self.rank == 0 else None
 
-    def share_full_state_dict(self, receivers: int) -> list[tuple[str, str, tuple]] | None:
+    def share_full_state_dict(self, receivers: int) -> dict[str, list] | None:
         """Gather the full weights once (a collective) where they are (on a GPU: into its memory); rank 0
         keeps them and returns handles that ``receivers`` engines of its node open (the ipc path of
         rayrl.workers.weight_sync), until ``release_shared_weights``. The others return None."""
@@ -118,14 +118,13 @@ class ActorWorker(WorkerBase):
         sd = self._gather_full(cpu_offload=self.device.type != "cuda")
         if self.rank != 0:
             return None
-        handles, kept = export_handles(sd, receivers)
-        self._shared = dict(zip(sd, kept))
+        handles, self._shared = export_handles(sd, receivers)
         return handles
 
     def shared_host_copy(self) -> dict[str, torch.Tensor]:
         """Rank 0: the kept full weights as host tensors, for the engines on the object-store path of the
         same sync (engines on other nodes)."""
-        return {name: t.cpu() for name, t in self._shared.items()}
+        return {name: t.to("cpu", copy=True) for name, t in self._shared.items()}  # not views of the buffers
 
     def release_shared_weights(self) -> None:
         """Every engine has loaded the shared weights: free them (on a GPU, the blocks the engines mapped)."""

@@ -48,7 +48,7 @@ class Sampler:
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.engine.load_weights(state_dict)
 
-    def load_shared_weights(self, handles: list[tuple[str, str, tuple]]) -> None:
+    def load_shared_weights(self, handles: dict[str, list]) -> None:
         """Load the weights behind actor rank 0's handles (the ipc path of rayrl.workers.weight_sync) and
         let go of them before answering: rank 0 frees them once every engine has answered."""
         tensors = open_handles(handles)

@@ -23,6 +23,9 @@ from torch.multiprocessing.reductions import (rebuild_cuda_tensor, rebuild_stora
                                               reduce_tensor)
 
 IPC, OBJECT_STORE = "ipc", "object_store"
+# What rank 0 sends each ipc engine: the shared host buffers' rebuild arguments, and per tensor (name, "cpu",
+# (buffer index, dtype, shape, element offset)) or (name, "cuda", (GPU UUID, rebuild_cuda_tensor's arguments))
+Handles = dict[str, list]
 _CUDA_DEVICE_ARG = 6  # the position of the exporting process's device index in rebuild_cuda_tensor's arguments
 
 
@@ -62,43 +65,60 @@ def paths_event(paths: list[tuple[str, str]]) -> tuple[str, dict[str, Any]]:
     return f"weight sync: {line}", {"paths": [p for p, _ in paths], "reasons": [why for _, why in paths]}
 
 
-def export_handles(state_dict: dict[str, torch.Tensor], receivers: int
-                   ) -> tuple[list[tuple[str, str, tuple]], list[torch.Tensor]]:
+def export_handles(state_dict: dict[str, torch.Tensor], receivers: int) -> tuple[Handles, dict[str, torch.Tensor]]:
     """Handles to the tensors of ``state_dict`` that ``receivers`` processes of this node can open (each
     exactly once), and the tensors they point to, which the caller keeps alive until every receiver has
-    answered. CUDA tensors are exported where they are; host tensors are first copied into shared memory."""
-    handles, kept = [], []
+    answered. CUDA tensors are exported where they are (one handle each); host tensors are first copied into
+    one shared-memory buffer per dtype (a shared buffer is a file and a mapping: one per tensor would cost
+    more than the copy, for the many small tensors of a model)."""
+    tensors: list[tuple[str, str, tuple]] = []
+    kept: dict[str, torch.Tensor] = {}
+    host = {name: t for name, t in state_dict.items() if not t.is_cuda}
+    buffers, views = _pack_into_shared_memory(host)
     for name, tensor in state_dict.items():
         if tensor.is_cuda:
             _, args = reduce_tensor(tensor)  # rebuild_cuda_tensor's; torch counts the receivers' references itself
-            uuid = str(torch.cuda.get_device_properties(tensor.device).uuid)
-            handles.append((name, "cuda", (uuid, args)))
-            kept.append(tensor)
+            tensors.append((name, "cuda", (str(torch.cuda.get_device_properties(tensor.device).uuid), args)))
+            kept[name] = tensor
         else:
-            shared = _to_shared_memory(tensor)
-            storage = shared.untyped_storage()
-            for _ in range(receivers):  # one reference in flight per receiver, which its open takes over
-                _, args = reduce_storage(storage)  # rebuild_storage_filename's
-            handles.append((name, "cpu", (args, shared.dtype, tuple(shared.shape), shared.stride(),
-                                          shared.storage_offset())))
-            kept.append(shared)
-    return handles, kept
+            index, offset, view = views[name]
+            tensors.append((name, "cpu", (index, view.dtype, tuple(view.shape), offset)))
+            kept[name] = view
+    buffer_args = []
+    for buffer in buffers:
+        for _ in range(receivers):  # one reference in flight per receiver, which its open takes over
+            _, args = reduce_storage(buffer.untyped_storage())  # rebuild_storage_filename's
+        buffer_args.append(args)
+    return {"buffers": buffer_args, "tensors": tensors}, kept
 
 
-def _to_shared_memory(tensor: torch.Tensor) -> torch.Tensor:
-    """A copy of ``tensor`` in host shared memory under the file_system strategy: its handle is a name that
-    any process of the node opens (the default strategy passes file descriptors over a connection between
-    the two processes, which the Ray message that carries the handle is not)."""
+def _pack_into_shared_memory(host: dict[str, torch.Tensor]
+                             ) -> tuple[list[torch.Tensor], dict[str, tuple[int, int, torch.Tensor]]]:
+    """Copy ``host`` into one flat shared-memory buffer per dtype; the buffers, and per name the buffer's
+    index, the element offset in it and the view there. Shared under the file_system strategy: its handle
+    is a file name that any process of the node opens (the default strategy passes file descriptors over a
+    connection between the two processes, which the Ray message that carries the handle is not)."""
     torch.multiprocessing.set_sharing_strategy("file_system")
-    return torch.empty(tensor.shape, dtype=tensor.dtype).share_memory_().copy_(tensor)
+    dtypes = list(dict.fromkeys(t.dtype for t in host.values()))
+    buffers = [torch.empty(sum(t.numel() for t in host.values() if t.dtype == dtype), dtype=dtype).share_memory_()
+               for dtype in dtypes]
+    views, filled = {}, [0] * len(dtypes)
+    for name, tensor in host.items():
+        index = dtypes.index(tensor.dtype)
+        offset = filled[index]
+        view = buffers[index][offset:offset + tensor.numel()].view(tensor.shape)
+        views[name] = (index, offset, view.copy_(tensor))
+        filled[index] += tensor.numel()
+    return buffers, views
 
 
-def open_handles(handles: list[tuple[str, str, tuple]]) -> dict[str, torch.Tensor]:
+def open_handles(handles: Handles) -> dict[str, torch.Tensor]:
     """The tensors behind ``export_handles``' handles, mapped into this process (nothing is copied): CUDA
     ones on this process's index of the exporting GPU. Drop them once loaded, so the exporter can free them."""
+    storages = [rebuild_storage_filename(*args) for args in handles["buffers"]]
     out: dict[str, torch.Tensor] = {}
     local_index: dict[str, int] = {}
-    for name, kind, payload in handles:
+    for name, kind, payload in handles["tensors"]:
         if kind == "cuda":
             uuid, args = payload
             if uuid not in local_index:
@@ -107,9 +127,8 @@ def open_handles(handles: list[tuple[str, str, tuple]]) -> dict[str, torch.Tenso
             args[_CUDA_DEVICE_ARG] = local_index[uuid]
             out[name] = rebuild_cuda_tensor(*args)
         else:
-            storage_args, dtype, shape, stride, offset = payload
-            storage = rebuild_storage_filename(*storage_args)
-            out[name] = torch.empty(0, dtype=dtype).set_(storage, offset, shape, stride)
+            index, dtype, shape, offset = payload
+            out[name] = torch.empty(0, dtype=dtype).set_(storages[index], offset, shape)
     return out
 
 

@@ -218,7 +218,7 @@ class Suite:
         try:
             actor.train_step(self.batch)  # the engine starts from the initial weights: only a sync makes them equal
             handles = actor.share_full_state_dict(receivers=1)
-            kinds = {kind for _, kind, _ in handles}
+            kinds = {kind for _, kind, _ in handles["tensors"]}
             child = multiprocessing.get_context("spawn").Process(
                 target=_engine_process, args=(self.model_dir, self.gpus, handles, self.batch["prompt_ids"], str(out)))
             child.start()
@@ -232,7 +232,7 @@ class Suite:
         got = torch.load(out, weights_only=True)
         diff = (got.float() - expected.float()).abs().max().item()
         assert (torch.equal(got, expected) if self.exact else diff < 1e-4), f"max |diff| {diff:g}"
-        return f"{len(handles)} {'/'.join(sorted(kinds))} handles; engine logits max |diff| {diff:g}"
+        return f"{len(handles['tensors'])} {'/'.join(sorted(kinds))} handles; engine logits max |diff| {diff:g}"
 
     def check_async_save_and_load(self) -> str:
         cfg = make_config(self.model_dir, self.gpus)
