@@ -41,6 +41,8 @@ def test_sigkill_then_same_command_is_bit_exact(tmp_path_factory, tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert "Resumed from" in resumed.stdout
     assert [e["step"] for e in events_named(tmp_path, "resumed")] == [2, 4]
+    # every start chose the same-node weight sync for its one engine (host shared memory; weight_sync.py)
+    assert [e["paths"] for e in events_named(tmp_path, "weight_sync")] == [["ipc"]] * 3
     assert rewards(tmp_path) == rewards(reference)  # each step once, same values
     assert audit(read_metrics(tmp_path), dataset_size=16, batch_size=4) == []  # RESUME_STEPS: epochs of 4 steps
     assert ledger(tmp_path) == ledger(reference)  # the same prompts at every step
