@@ -15,6 +15,7 @@ from rayrl.workers.weight_sync import IPC, OBJECT_STORE, choose_paths, paths_eve
 from tests.support import FAST, REPO, start_local_cluster, stop_local_cluster
 
 CPU = {"device": "cpu", "gpu": None, "visible_gpus": []}
+ROOM = {"weights_bytes": 100 << 20, "shm_free": 1 << 30}
 
 
 def _gpu(own: str, *visible: str) -> dict:
@@ -22,9 +23,17 @@ def _gpu(own: str, *visible: str) -> dict:
 
 
 def test_same_node_gets_handles_and_other_nodes_the_object_store():
-    paths = choose_paths({"node": "a", **CPU}, [{"node": "a", **CPU}, {"node": "b", **CPU}], "hf", 1)
+    paths = choose_paths({"node": "a", **CPU, **ROOM}, [{"node": "a", **CPU}, {"node": "b", **CPU}], "hf", 1)
     assert [p for p, _ in paths] == [IPC, OBJECT_STORE]
     assert "another node" in paths[1][1]
+
+
+def test_on_cpu_dev_shm_must_have_room_for_the_weights():
+    engine = [{"node": "a", **CPU}]
+    small = {"node": "a", **CPU, "weights_bytes": 100 << 20, "shm_free": 64 << 20}  # a container's default
+    (path, why), = choose_paths(small, engine, "hf", 1)
+    assert path == OBJECT_STORE and "/dev/shm has 64 MB free for 100 MB of weights" in why
+    assert choose_paths({"node": "a", **CPU, **ROOM}, engine, "hf", 1)[0][0] == IPC
 
 
 def test_on_gpu_the_engine_must_see_rank_0s_gpu():

@@ -126,6 +126,12 @@ class ActorWorker(WorkerBase):
         same sync (engines on other nodes)."""
         return {name: t.to("cpu", copy=True) for name, t in self._shared.items()}  # not views of the buffers
 
+    def shared_memory_room(self) -> dict[str, int]:
+        """Rank 0: the full weights' bytes and /dev/shm's free bytes (the ipc path's choice on CPU)."""
+        from rayrl.workers.weight_sync import shared_memory_room
+
+        return shared_memory_room(self.model.state_dict())
+
     def release_shared_weights(self) -> None:
         """Every engine has loaded the shared weights: free them (on a GPU, the blocks the engines mapped)."""
         self._shared = {}

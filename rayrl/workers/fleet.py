@@ -102,9 +102,11 @@ class Fleet:
         def info(worker: WorkerId) -> dict[str, Any]:
             return {**self.where[worker], **self.devices[worker]}
 
+        source = info(WorkerId(ACTOR, 0))
+        if source["device"] == "cpu":  # host shared memory must have room for the weights
+            source.update(self.wait(self.actor.workers[0].shared_memory_room.remote(), WorkerId(ACTOR, 0)))
         engines = [info(WorkerId(ROLLOUT, i)) for i in range(self.rollout.size)]
-        return choose_paths(info(WorkerId(ACTOR, 0)), engines, self.cfg.rollout.backend,
-                            self.cfg.rollout.tensor_parallel_size)
+        return choose_paths(source, engines, self.cfg.rollout.backend, self.cfg.rollout.tensor_parallel_size)
 
     def read_storage_marker(self, path: str, nonce: str, roles: set[str]) -> dict[WorkerId, dict[str, Any]]:
         """Every worker of ``roles`` reads the storage marker back: worker -> {problem, node, ip}."""

@@ -26,6 +26,8 @@ IPC, OBJECT_STORE = "ipc", "object_store"
 # What rank 0 sends each ipc engine: the shared host buffers' rebuild arguments, and per tensor (name, "cpu",
 # (buffer index, dtype, shape, element offset)) or (name, "cuda", (GPU UUID, rebuild_cuda_tensor's arguments))
 Handles = dict[str, list]
+SHM_DIR = "/dev/shm"  # where torch's file_system sharing puts host buffers (shm_open)
+SHM_MARGIN = 2  # the ipc path on CPU wants this many copies of the weights free there (Ray's store shares it)
 _CUDA_DEVICE_ARG = 6  # the position of the exporting process's device index in rebuild_cuda_tensor's arguments
 
 
@@ -41,9 +43,11 @@ def device_info(device: torch.device) -> dict[str, Any]:
 def choose_paths(source: dict[str, Any], engines: list[dict[str, Any]], backend: str,
                  tensor_parallel_size: int) -> list[tuple[str, str]]:
     """Each engine's path and why. ``source``: actor rank 0, ``engines``: the rollout workers, each a
-    ``device_info`` dict plus its ``node`` id. ipc needs the same node; on a GPU also that the engine's
-    process sees rank 0's GPU (it maps that GPU's memory) and that the engine loads in its own process (vLLM
-    with tensor parallelism hands the weights on to worker processes of its own)."""
+    ``device_info`` dict plus its ``node`` id, the source on CPU also its ``shared_memory_room``. ipc needs
+    the same node; that the engine loads in its own process (vLLM with tensor parallelism hands the weights
+    on to worker processes of its own); on a GPU that the engine's process sees rank 0's GPU (it maps that
+    GPU's memory); on CPU room for the weights in /dev/shm (a container's default 64 MB often is not: copying
+    into a full tmpfs would kill rank 0 with SIGBUS)."""
     paths = []
     for engine in engines:
         if engine["node"] != source["node"]:
@@ -54,9 +58,20 @@ def choose_paths(source: dict[str, Any], engines: list[dict[str, Any]], backend:
             paths.append((OBJECT_STORE, "same node, but actor rank 0's GPU is not visible to the engine's process"))
         elif source["device"] == "cuda":
             paths.append((IPC, "same node: CUDA IPC handles to actor rank 0's GPU memory"))
+        elif source["shm_free"] < SHM_MARGIN * source["weights_bytes"]:
+            paths.append((OBJECT_STORE, f"same node, but {SHM_DIR} has {source['shm_free'] / 2**20:.0f} MB free for "
+                                        f"{source['weights_bytes'] / 2**20:.0f} MB of weights"))
         else:
             paths.append((IPC, "same node: handles to host shared memory"))
     return paths
+
+
+def shared_memory_room(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """The bytes of the full tensors of ``state`` (sharded ones count whole) and the free bytes of /dev/shm."""
+    import shutil
+
+    return {"weights_bytes": sum(t.numel() * t.element_size() for t in state.values()),
+            "shm_free": shutil.disk_usage(SHM_DIR).free}
 
 
 def paths_event(paths: list[tuple[str, str]]) -> tuple[str, dict[str, Any]]:
@@ -70,7 +85,8 @@ def export_handles(state_dict: dict[str, torch.Tensor], receivers: int) -> tuple
     exactly once), and the tensors they point to, which the caller keeps alive until every receiver has
     answered. CUDA tensors are exported where they are (one handle each); host tensors are first copied into
     one shared-memory buffer per dtype (a shared buffer is a file and a mapping: one per tensor would cost
-    more than the copy, for the many small tensors of a model)."""
+    more than the copy, for the many small tensors of a model). A receiver that dies before opening its
+    handles leaves a buffer's file in /dev/shm until this process ends (torch's shm manager removes it then)."""
     tensors: list[tuple[str, str, tuple]] = []
     kept: dict[str, torch.Tensor] = {}
     host = {name: t for name, t in state_dict.items() if not t.is_cuda}
