@@ -104,21 +104,31 @@ class ActorWorker(WorkerBase):
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Gather the full weights once (a collective); rank 0 returns them for the rollout workers."""
-        sd = self._gather_full(cpu_offload=True)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         self._release_cached_memory()
         return sd if self.rank == 0 else None
 
     def share_full_state_dict(self, receivers: int) -> dict[str, list] | None:
-        """Gather the full weights once (a collective) where they are (on a GPU: into its memory); rank 0
-        keeps them and returns handles that ``receivers`` engines of its node open (the ipc path of
+        """Gather the full weights to rank 0 where they are (on a GPU: into its memory), one tensor at a
+        time (a collective each) so that the other ranks never hold more than one full tensor; rank 0 keeps
+        them and returns handles that ``receivers`` engines of its node open (the ipc path of
         rayrl.workers.weight_sync), until ``release_shared_weights``. The others return None."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.tensor import DTensor
+
         from rayrl.workers.weight_sync import export_handles
 
         self._shared = {}  # a sync that failed half-way left these: freed now
-        sd = self._gather_full(cpu_offload=self.device.type != "cuda")
+        full = {}
+        for name, tensor in get_model_state_dict(self.model, options=StateDictOptions()).items():
+            whole = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+            if self.rank == 0:
+                full[name] = whole
         if self.rank != 0:
             return None
-        handles, self._shared = export_handles(sd, receivers)
+        handles, self._shared = export_handles(full, receivers)
         return handles
 
     def shared_host_copy(self) -> dict[str, torch.Tensor]:
@@ -138,12 +148,6 @@ class ActorWorker(WorkerBase):
         if self.device.type == "cuda":
             torch.cuda.ipc_collect()
         self._release_cached_memory()
-
-    def _gather_full(self, cpu_offload: bool) -> dict[str, torch.Tensor]:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True,
-                                                                         cpu_offload=cpu_offload))
 
     def export_hf(self, directory: str) -> dict[str, dict]:
         """Write the policy as a Hugging Face model directory, every rank its own shards in parallel (a
