@@ -1,0 +1,105 @@
+"""Elastic runs (``actor.min_world_size``, ``rollout.min_workers``): the size each worker group runs at.
+
+When recovery has waited ``runner.resource_wait_s`` for a lost group's resources and they did not come back,
+the group continues with as many workers as the free resources hold now, if that is at least its minimum
+(else the wait counts as a failed recovery, as without a minimum). While a group runs below its configured
+size, every step boundary checks the free resources (Ray's own accounting: no placement attempt); once the
+missing workers fit, the coordinator saves that step and rebuilds the group at full size from it, so that no
+step is redone. Each change is an event ``resized`` (role, from, to, step, reason).
+
+The math does not depend on the size: the global batch, its order and the loss normalisation (the global
+token count) are the same at any actor world size; only the float summation order of the gradient changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import ray
+
+from rayrl.failures import InfraFailure, ResourcesUnavailable
+from rayrl.runlog import EventLog
+from rayrl.workers.roles import ACTOR, ROLLOUT, role_specs
+
+log = logging.getLogger(__name__)
+
+
+def bundles_that_fit(bundle: dict[str, float], free_nodes: list[dict[str, float]], limit: int) -> int:
+    """How many placement-group bundles of ``bundle`` the free resources of ``free_nodes`` hold (a bundle
+    lies on one node), at most ``limit``."""
+    asked = {r: v for r, v in bundle.items() if v > 0}
+    if not asked:
+        return limit
+    total = sum(min(math.floor(node.get(r, 0.0) / v + 1e-9) for r, v in asked.items()) for node in free_nodes)
+    return min(total, limit)
+
+
+def free_per_node() -> list[dict[str, float]]:
+    """The free CPUs and GPUs of each live node, as Ray's GCS accounts them (one call, no placement)."""
+    try:
+        from ray._private.state import available_resources_per_node  # no public per-node form in Ray 2.x
+
+        nodes = list(available_resources_per_node().values())
+    except Exception as err:  # noqa: BLE001 -- a private API: fall back to the cluster's total
+        log.debug("no per-node free resources (%s): using the cluster's total", err)
+        nodes = [ray.available_resources()]
+    return [{r: float(n.get(r, 0.0)) for r in ("CPU", "GPU")} for n in nodes]
+
+
+class Elastic:
+    """The size every group of its own runs at (``sizes``), its configured size and elastic minimum."""
+
+    def __init__(self, cfg: Any, events: EventLog) -> None:
+        specs = [s for s in role_specs(cfg) if s.enabled(cfg) and s.host is None]
+        self.events = events
+        self.configured = {s.name: s.size(cfg) for s in specs}
+        self.minimum = {s.name: s.minimum(cfg) for s in specs if s.minimum(cfg) is not None}
+        self.bundles = {s.name: dict(zip(("CPU", "GPU"), s.resources(cfg))) for s in specs}
+        self.sizes = dict(self.configured)
+        self.hosted_rollout = ROLLOUT not in self.configured  # colocated: the engines live in the actor ranks
+
+    def world_sizes(self) -> dict[str, int]:
+        """Actor ranks and rollout engines at the current sizes (as trainer_state.json records them)."""
+        return {ACTOR: self.sizes[ACTOR], ROLLOUT: self.sizes[ACTOR if self.hosted_rollout else ROLLOUT]}
+
+    def shrink(self, failure: InfraFailure, step: int) -> bool:
+        """After ``failure``: when it is a group's resources not back within runner.resource_wait_s and the
+        group is elastic, continue with as many workers as fit now, if at least its minimum; whether it
+        resized. ``step``: the checkpoint the smaller group will start from."""
+        if not isinstance(failure, ResourcesUnavailable):
+            return False
+        role = failure.workers[0].role
+        if role not in self.minimum:
+            return False
+        fit = bundles_that_fit(self.bundles[role], free_per_node(), self.configured[role])
+        if fit >= self.sizes[role]:
+            return False  # back in the meantime: the next attempt places it
+        if fit < self.minimum[role]:
+            log.warning("%s: %d worker(s) fit, below its elastic minimum of %d: not resizing", role, fit,
+                        self.minimum[role])
+            return False
+        self._resize(role, fit, step, f"the resources of {self.sizes[role] - fit} lost {role} worker(s) did not "
+                     "come back within runner.resource_wait_s")
+        return True
+
+    def growable(self) -> list[str]:
+        """The groups that run below their configured size and whose missing workers the free resources
+        hold now (checked at step boundaries; nothing is asked of Ray while every group is at full size)."""
+        short = {r: self.configured[r] - n for r, n in self.sizes.items() if n < self.configured[r]}
+        if not short:
+            return []
+        free = free_per_node()
+        return [r for r, missing in short.items() if bundles_that_fit(self.bundles[r], free, missing) >= missing]
+
+    def grow(self, roles: list[str], step: int) -> None:
+        """The groups ``roles`` go back to their configured size, from the checkpoint of ``step``."""
+        for role in roles:
+            self._resize(role, self.configured[role], step, "its resources are back")
+
+    def _resize(self, role: str, to: int, step: int, reason: str) -> None:
+        before, self.sizes[role] = self.sizes[role], to
+        verb = "shrinks" if to < before else "grows back"
+        self.events.emit("resized", f"{role} {verb} from {before} to {to} workers at step {step}: {reason}",
+                         role=role, **{"from": before}, to=to, step=step, reason=reason)

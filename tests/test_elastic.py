@@ -1,0 +1,78 @@
+"""Elastic runs (actor.min_world_size): the fit rule by hand, and one real run on a Ray cluster of 1-CPU nodes
+(ray.cluster_utils.Cluster) whose two actor ranks sit on separate nodes. The node of one rank is killed and
+none replaces it: after runner.resource_wait_s the run continues on one rank from the last checkpoint; a
+node joins later and the group grows back to two ranks at the next step boundary, from a save of that step.
+The run ends with exit 0, every step once, the uninterrupted run's samples step by step and its rewards up
+to the resize."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from rayrl.elastic import bundles_that_fit
+from tests.support import (
+    RECOVERY_STEPS, env_for_tests, events_named, final_weights, kill_session, last_step, output_of, read_metrics,
+    rewards, spawn_rayrl, start_local_cluster, stop_local_cluster, uninterrupted_run, wait_running,
+)
+from tests.test_recovery_cluster import FAST_HEALTH_CHECK, _workers_below
+
+
+def test_bundles_that_fit_count_per_node_and_stop_at_the_limit():
+    cpu = {"CPU": 1.0, "GPU": 0.0}
+    assert bundles_that_fit(cpu, [{"CPU": 1.0}, {"CPU": 0.5}, {"CPU": 2.0}], 8) == 3
+    assert bundles_that_fit(cpu, [{"CPU": 3.0}], 2) == 2
+    assert bundles_that_fit({"CPU": 2.0, "GPU": 1.0}, [{"CPU": 4.0, "GPU": 1.0}, {"CPU": 8.0}], 4) == 1
+    assert bundles_that_fit({"CPU": 0.5, "GPU": 0.0}, [{"CPU": 1.0}], 4) == 2  # a share of a CPU
+    assert bundles_that_fit({"CPU": 0.0, "GPU": 0.0}, [], 3) == 3  # asks for nothing: all of them fit
+    assert bundles_that_fit(cpu, [{"CPU": 0.9999999999}], 2) == 1  # Ray's float accounting
+
+
+@pytest.mark.slow
+def test_a_lost_node_shrinks_the_actor_group_and_a_new_node_grows_it_back(tmp_path_factory, tmp_path):
+    reference = uninterrupted_run(tmp_path_factory, *RECOVERY_STEPS)
+    cluster = start_local_cluster("rre-", num_cpus=0, _system_config=FAST_HEALTH_CHECK)
+    try:
+        nodes = [cluster.add_node(num_cpus=1, temp_dir=cluster.temp_dir) for _ in range(3)]  # 2 ranks + rollout
+        proc = spawn_rayrl(tmp_path, *RECOVERY_STEPS, "actor.min_world_size=1", "runner.resource_wait_s=4",
+                           env=env_for_tests(RAY_ADDRESS=cluster.address))
+        try:
+            wait_running(proc, lambda: last_step(tmp_path) >= 5, 300, "step 5, after the checkpoint of step 4")
+            doomed = next(n for n in nodes if any("ActorWorker" in cmd for cmd in _workers_below(n)))
+            cluster.remove_node(doomed, allow_graceful=False)
+            wait_running(proc, lambda: events_named(tmp_path, "resized"), 300, "the actor group to shrink")
+            wait_running(proc, lambda: last_step(tmp_path) >= 10, 300, "step 10 on one rank")
+            cluster.add_node(num_cpus=1, temp_dir=cluster.temp_dir)
+            rc = proc.wait(timeout=300)
+        finally:
+            kill_session(proc)
+    finally:
+        stop_local_cluster(cluster)
+    out = output_of(proc)
+    assert rc == 0, out[-3000:]
+    shrink, grow = events_named(tmp_path, "resized")
+    assert (shrink["role"], shrink["from"], shrink["to"], shrink["step"]) == ("actor", 2, 1, 4), shrink
+    assert (grow["role"], grow["from"], grow["to"]) == ("actor", 1, 2) and grow["step"] >= 10, grow
+    regrown = [e for e in events_named(tmp_path, "resumed") if e["time"] > grow["time"]]
+    assert regrown and regrown[0]["step"] == grow["step"], "the group grew back from the step it reached"
+    failures = events_named(tmp_path, "failure")
+    assert [f["counted"] for f in failures] == [True, True], failures  # the loss, then the resize; not the grow
+
+    metrics = read_metrics(tmp_path)
+    assert [m["step"] for m in metrics] == list(range(1, 21))  # every step once
+    sizes = [m["actor_world_size"] for m in metrics]
+    assert sizes == [2] * 4 + [1] * (grow["step"] - 4) + [2] * (20 - grow["step"]), sizes
+    want = read_metrics(reference)
+    assert [m["ledger"] for m in metrics] == [m["ledger"] for m in want]  # the same samples, step by step
+    from rayrl.data.ledger import audit
+    assert audit(metrics, 32, 4) == []
+    # Up to the resize the run is the uninterrupted one; step 5 too: it samples with the weights of step 4
+    # (loaded bit for bit) on the rollout worker that was kept.
+    assert rewards(tmp_path)[:5] == rewards(reference)[:5]
+    got, ref = final_weights(tmp_path, 20), final_weights(reference, 20)
+    diff = max(float((got[k] - ref[k]).abs().max()) for k in ref)
+    assert all(torch.isfinite(t).all() for t in got.values())
+    print(f"\nlargest final weight difference from the uninterrupted run: {diff:.3g}; "
+          f"shrunk at step {shrink['step']}, grew back at step {grow['step']}")
