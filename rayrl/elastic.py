@@ -71,27 +71,35 @@ class Elastic:
         if not isinstance(failure, ResourcesUnavailable):
             return False
         role = failure.workers[0].role
-        if role not in self.minimum:
+        size = self.shrink_size(role, free_per_node()) if role in self.minimum else None
+        if size is None:
             return False
-        fit = bundles_that_fit(self.bundles[role], free_per_node(), self.configured[role])
-        if fit >= self.sizes[role]:
-            return False  # back in the meantime: the next attempt places it
-        if fit < self.minimum[role]:
-            log.warning("%s: %d worker(s) fit, below its elastic minimum of %d: not resizing", role, fit,
-                        self.minimum[role])
-            return False
-        self._resize(role, fit, step, f"the resources of {self.sizes[role] - fit} lost {role} worker(s) did not "
+        self._resize(role, size, step, f"the resources of {self.sizes[role] - size} lost {role} worker(s) did not "
                      "come back within runner.resource_wait_s")
         return True
 
+    def shrink_size(self, role: str, free_nodes: list[dict[str, float]]) -> int | None:
+        """The size elastic group ``role`` continues with when its resources did not come back and
+        ``free_nodes`` are free: as many workers as fit, if below its current size and at least its minimum;
+        None: no resize (they fit again: the next attempt places them; or below the minimum: a failure)."""
+        fit = bundles_that_fit(self.bundles[role], free_nodes, self.configured[role])
+        if fit >= self.sizes[role]:
+            return None
+        if fit < self.minimum[role]:
+            log.warning("%s: %d worker(s) fit, below its elastic minimum of %d: not resizing", role, fit,
+                        self.minimum[role])
+            return None
+        return fit
+
     def growable(self) -> list[str]:
-        """The groups that run below their configured size and whose missing workers the free resources
-        hold now (checked at step boundaries; nothing is asked of Ray while every group is at full size)."""
+        """The groups below their configured size whose missing workers the free resources hold now (checked
+        at step boundaries; nothing is asked of Ray while every group is at full size)."""
+        return self.growable_in(free_per_node()) if self.sizes != self.configured else []
+
+    def growable_in(self, free_nodes: list[dict[str, float]]) -> list[str]:
+        """The groups below their configured size whose missing workers fit in ``free_nodes``."""
         short = {r: self.configured[r] - n for r, n in self.sizes.items() if n < self.configured[r]}
-        if not short:
-            return []
-        free = free_per_node()
-        return [r for r, missing in short.items() if bundles_that_fit(self.bundles[r], free, missing) >= missing]
+        return [r for r, missing in short.items() if bundles_that_fit(self.bundles[r], free_nodes, missing) >= missing]
 
     def grow(self, roles: list[str], step: int) -> None:
         """The groups ``roles`` go back to their configured size, from the checkpoint of ``step``."""

@@ -12,9 +12,12 @@ import time
 import pytest
 import torch
 
-from rayrl.elastic import bundles_that_fit
+from rayrl.config import load_config
+from rayrl.elastic import Elastic, bundles_that_fit
+from rayrl.failures import InfraFailure, WorkerId
+from rayrl.runlog import EventLog, read_jsonl
 from tests.support import (
-    RECOVERY_STEPS, env_for_tests, events_named, final_weights, kill_session, last_step, output_of, read_metrics,
+    REPO, RECOVERY_STEPS, env_for_tests, events_named, final_weights, kill_session, last_step, output_of, read_metrics,
     rewards, spawn_rayrl, start_local_cluster, stop_local_cluster, uninterrupted_run, wait_running,
 )
 from tests.test_recovery_cluster import FAST_HEALTH_CHECK, _workers_below
@@ -28,6 +31,47 @@ def test_bundles_that_fit_count_per_node_and_stop_at_the_limit():
     assert bundles_that_fit({"CPU": 0.5, "GPU": 0.0}, [{"CPU": 1.0}], 4) == 2  # a share of a CPU
     assert bundles_that_fit({"CPU": 0.0, "GPU": 0.0}, [], 3) == 3  # asks for nothing: all of them fit
     assert bundles_that_fit(cpu, [{"CPU": 0.9999999999}], 2) == 1  # Ray's float accounting
+
+
+def _elastic(tmp_path, *overrides: str) -> Elastic:
+    return Elastic(load_config(str(REPO / "configs/grpo_tiny.yaml"), list(overrides)), EventLog(tmp_path))
+
+
+def _nodes(*cpus: float) -> list[dict[str, float]]:
+    return [{"CPU": c, "GPU": 0.0} for c in cpus]
+
+
+def test_a_group_shrinks_to_what_fits_and_never_below_its_minimum(tmp_path):
+    e = _elastic(tmp_path, "actor.world_size=4", "actor.min_world_size=2", "rollout.num_workers=2",
+                 "rollout.min_workers=1")
+    assert e.shrink_size("actor", _nodes(1, 1, 0.5)) == 2
+    assert e.shrink_size("actor", _nodes(2, 1)) == 3
+    assert e.shrink_size("actor", _nodes(1)) is None  # below actor.min_world_size: a failed recovery
+    assert e.shrink_size("actor", _nodes(4)) is None  # all back: the next attempt places the whole group
+    assert e.shrink_size("rollout", _nodes(1)) == 1
+    assert not e.shrink(InfraFailure(WorkerId("actor", 0), "died"), 4)  # a lost worker is replaced, not shrunk
+    assert e.world_sizes() == {"actor": 4, "rollout": 2} and e.minimum == {"actor": 2, "rollout": 1}
+    assert _elastic(tmp_path).minimum == {}  # the default: nothing elastic
+
+
+def test_a_group_grows_back_only_when_all_its_missing_workers_fit(tmp_path):
+    e = _elastic(tmp_path, "actor.world_size=4", "actor.min_world_size=1", "rollout.num_workers=2",
+                 "rollout.min_workers=1")
+    assert e.growable_in(_nodes(8)) == []  # at full size
+    e.sizes.update(actor=2, rollout=1)
+    assert e.growable_in(_nodes(1)) == ["rollout"]
+    assert e.growable_in(_nodes(1, 1)) == ["actor", "rollout"]
+    e.grow(["actor"], 12)
+    assert e.sizes == {"actor": 4, "rollout": 1, "reference": 1}
+    (event,) = read_jsonl(e.events.path)
+    assert {k: event[k] for k in ("event", "role", "from", "to", "step")} == {
+        "event": "resized", "role": "actor", "from": 2, "to": 4, "step": 12}
+
+
+def test_colocated_engines_follow_the_actor_size(tmp_path):
+    e = _elastic(tmp_path, "runner.placement=colocated", "actor.world_size=3", "actor.min_world_size=1")
+    e.sizes["actor"] = 2
+    assert e.world_sizes() == {"actor": 2, "rollout": 2}
 
 
 @pytest.mark.slow
