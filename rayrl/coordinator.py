@@ -170,7 +170,8 @@ class Coordinator:
     def _recover(self, failure: InfraFailure) -> None:
         """The one place that decides what an infrastructure failure costs: which groups to replace (the
         others are kept and reloaded), the restart budget (a failure found while recovering from another
-        is the same incident: see Recovery.failed) and the backoff. The checkpoint to resume from is chosen
+        is the same incident: see Recovery.failed), the backoff and, for an elastic group whose resources did
+        not come back, the smaller size it continues at (rayrl.elastic). The checkpoint to resume from is chosen
         next, by ``_start_point``, as at any start."""
         try:
             where = self.fleet.location(failure.workers) if self.fleet is not None else {}
