@@ -13,12 +13,14 @@ token count) are the same at any actor world size; only the float summation orde
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from typing import Any
 
 import ray
 
+from rayrl.checkpoint.format import TRAINER_STATE_FILE
 from rayrl.failures import InfraFailure, ResourcesUnavailable
 from rayrl.runlog import EventLog
 from rayrl.workers.roles import ACTOR, ROLLOUT, role_specs
@@ -48,6 +50,15 @@ def free_per_node() -> list[dict[str, float]]:
     return [{r: float(n.get(r, 0.0)) for r in ("CPU", "GPU")} for n in nodes]
 
 
+def saved_world_sizes(step_dir: str, storage: Any) -> dict[str, int]:
+    """The world sizes a checkpoint's step ran with (its trainer state); empty when it records none (a
+    custom manager's layout)."""
+    try:
+        return json.loads(storage.read_bytes(storage.join(step_dir, TRAINER_STATE_FILE)))["world_sizes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 class Elastic:
     """The size every group of its own runs at (``sizes``), its configured size and elastic minimum."""
 
@@ -63,6 +74,15 @@ class Elastic:
     def world_sizes(self) -> dict[str, int]:
         """Actor ranks and rollout engines at the current sizes (as trainer_state.json records them)."""
         return {ACTOR: self.sizes[ACTOR], ROLLOUT: self.sizes[ACTOR if self.hosted_rollout else ROLLOUT]}
+
+    def resume(self, saved: dict[str, int], step: int) -> None:
+        """This process replaces a dead coordinator or driver: each elastic group starts at the size the
+        checkpoint of ``step`` ran with (``saved``: its world sizes), not at its configured size, which would
+        take resources the other groups ran on (and wait for the lost ones again); it grows back as usual."""
+        for role, size in saved.items():
+            if role in self.minimum and self.minimum[role] <= size < self.sizes[role]:
+                self._resize(role, size, step, "the size the checkpoint ran with, resumed by a process that "
+                             "replaces a dead coordinator or driver")
 
     def shrink(self, failure: InfraFailure, step: int) -> bool:
         """After ``failure``: when it is a group's resources not back within runner.resource_wait_s and the

@@ -7,18 +7,19 @@ to the resize."""
 
 from __future__ import annotations
 
-import time
+import json
 
 import pytest
 import torch
 
+from rayrl.checkpoint.storage import storage_for
 from rayrl.config import load_config
-from rayrl.elastic import Elastic, bundles_that_fit
+from rayrl.elastic import Elastic, bundles_that_fit, saved_world_sizes
 from rayrl.failures import InfraFailure, WorkerId
 from rayrl.runlog import EventLog, read_jsonl
 from tests.support import (
     REPO, RECOVERY_STEPS, env_for_tests, events_named, final_weights, kill_session, last_step, output_of, read_metrics,
-    rewards, spawn_rayrl, start_local_cluster, stop_local_cluster, uninterrupted_run, wait_running,
+    rewards, spawn_rayrl, start_local_cluster, stop_local_cluster, tracker_step, uninterrupted_run, wait_running,
 )
 from tests.test_recovery_cluster import FAST_HEALTH_CHECK, _workers_below
 
@@ -68,6 +69,21 @@ def test_a_group_grows_back_only_when_all_its_missing_workers_fit(tmp_path):
         "event": "resized", "role": "actor", "from": 2, "to": 4, "step": 12}
 
 
+def test_a_replacing_process_resumes_the_size_the_checkpoint_ran_with(tmp_path):
+    step_dir = tmp_path / "global_step_8"
+    step_dir.mkdir()
+    (step_dir / "trainer_state.json").write_text(json.dumps({"world_sizes": {"actor": 1, "rollout": 2}}))
+    saved = saved_world_sizes(str(step_dir), storage_for(str(step_dir)))
+    assert saved == {"actor": 1, "rollout": 2}
+    assert saved_world_sizes(str(tmp_path), storage_for(str(tmp_path))) == {}  # none recorded
+    e = _elastic(tmp_path, "actor.world_size=3", "actor.min_world_size=1", "rollout.num_workers=2")
+    e.resume(saved, 8)
+    assert e.sizes["actor"] == 1 and e.sizes["rollout"] == 2
+    e = _elastic(tmp_path, "actor.world_size=3", "actor.min_world_size=2")
+    e.resume(saved, 8)
+    assert e.sizes["actor"] == 3  # below today's minimum: the configured size
+
+
 def test_colocated_engines_follow_the_actor_size(tmp_path):
     e = _elastic(tmp_path, "runner.placement=colocated", "actor.world_size=3", "actor.min_world_size=1")
     e.sizes["actor"] = 2
@@ -83,7 +99,8 @@ def test_a_lost_node_shrinks_the_actor_group_and_a_new_node_grows_it_back(tmp_pa
         proc = spawn_rayrl(tmp_path, *RECOVERY_STEPS, "actor.min_world_size=1", "runner.resource_wait_s=4",
                            env=env_for_tests(RAY_ADDRESS=cluster.address))
         try:
-            wait_running(proc, lambda: last_step(tmp_path) >= 5, 300, "step 5, after the checkpoint of step 4")
+            wait_running(proc, lambda: (tracker_step(tmp_path) or 0) >= 4 and last_step(tmp_path) >= 5, 300,
+                         "step 5, after the checkpoint of step 4")
             doomed = next(n for n in nodes if any("ActorWorker" in cmd for cmd in _workers_below(n)))
             cluster.remove_node(doomed, allow_graceful=False)
             wait_running(proc, lambda: events_named(tmp_path, "resized"), 300, "the actor group to shrink")
