@@ -273,6 +273,7 @@ class Coordinator:
     def _train(self, start_dir: str | None, memory: MemoryStep | None = None) -> dict[str, Any]:
         """Train from ``start_dir`` (storage), ``memory`` (the newest step's copy in memory) or, with
         neither, from scratch."""
+        from rayrl.data import ledger
         from rayrl.data.loader import BatchStream
         from rayrl.participants import ActorPart, DataPart, HFExportPart, RolloutPart
         from rayrl.step import Scoring, run_step, sync_weights
@@ -322,10 +323,12 @@ class Coordinator:
         scoring = Scoring(cfg, self.reward_specs)
         while step < runner.max_steps:
             step += 1
-            items, epoch = stream.next()
-            metrics = run_step(fleet, cfg, scoring, items, step)
+            batch = stream.next()
+            metrics = run_step(fleet, cfg, scoring, batch.items, step)
             check_finite(metrics, step)
-            metrics.update(epoch=epoch, consumed_samples=stream.consumed_samples)
+            metrics.update(epoch=batch.epoch, consumed_samples=stream.consumed_samples,
+                           ledger=ledger.entry(batch.epoch, batch.indices),
+                           actor_world_size=fleet.actor.size, rollout_workers=fleet.rollout.size)
             self.trackers.log(self.metrics.append(metrics))
             self.recovery.step_finished(step)
             self.replicas.step_finished()
