@@ -32,7 +32,7 @@ from rayrl.checkpoint.storage import storage_for
 from rayrl.checkpoint.storage_check import remove_marker, write_marker
 from rayrl.config import ConfigError, checkpoint_dir, config_changes, config_to_dict
 from rayrl.data.tasks import get_task, run_reward_specs
-from rayrl.elastic import Elastic, saved_world_sizes
+from rayrl.elastic import Elastic
 from rayrl.failures import InfraFailure, WorkerId, check_finite
 from rayrl.managers import build_manager, resolve_manager
 from rayrl.recovery import Recovery, RunFailed
@@ -290,8 +290,8 @@ class Coordinator:
                              f"runner.max_steps={runner.max_steps}", step=step, path=start_dir)
             return {"status": "done", "final_step": step}
         if self.fleet is None:
-            if start_dir is not None and (self.restarted or self.relaunch is not None):
-                self.elastic.resume(saved_world_sizes(start_dir, self._storage(start_dir)), step)
+            if self.restarted or self.relaunch is not None:
+                self.elastic.resume(step)
             self.fleet = Fleet(cfg, owner=self.actor_id, sizes=self.elastic.sizes)
         fleet = self.fleet
         t0 = time.perf_counter()

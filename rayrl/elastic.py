@@ -13,14 +13,12 @@ token count) are the same at any actor world size; only the float summation orde
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from typing import Any
 
 import ray
 
-from rayrl.checkpoint.format import TRAINER_STATE_FILE
 from rayrl.failures import InfraFailure, ResourcesUnavailable
 from rayrl.runlog import EventLog
 from rayrl.workers.roles import ACTOR, ROLLOUT, role_specs
@@ -38,6 +36,17 @@ def bundles_that_fit(bundle: dict[str, float], free_nodes: list[dict[str, float]
     return min(total, limit)
 
 
+def _take(free_nodes: list[dict[str, float]], bundle: dict[str, float], count: int) -> int:
+    """Take up to ``count`` bundles out of ``free_nodes`` (in place, node by node); how many it took."""
+    taken = 0
+    for node in free_nodes:
+        here = bundles_that_fit(bundle, [node], count - taken)
+        for r, v in bundle.items():
+            node[r] = node.get(r, 0.0) - here * v
+        taken += here
+    return taken
+
+
 def free_per_node() -> list[dict[str, float]]:
     """The free CPUs and GPUs of each live node, as Ray's GCS accounts them (one call, no placement)."""
     try:
@@ -48,15 +57,6 @@ def free_per_node() -> list[dict[str, float]]:
         log.debug("no per-node free resources (%s): using the cluster's total", err)
         nodes = [ray.available_resources()]
     return [{r: float(n.get(r, 0.0)) for r in ("CPU", "GPU")} for n in nodes]
-
-
-def saved_world_sizes(step_dir: str, storage: Any) -> dict[str, int]:
-    """The world sizes a checkpoint's step ran with (its trainer state); empty when it records none (a
-    custom manager's layout)."""
-    try:
-        return json.loads(storage.read_bytes(storage.join(step_dir, TRAINER_STATE_FILE)))["world_sizes"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
 
 
 class Elastic:
@@ -75,14 +75,26 @@ class Elastic:
         """Actor ranks and rollout engines at the current sizes (as trainer_state.json records them)."""
         return {ACTOR: self.sizes[ACTOR], ROLLOUT: self.sizes[ACTOR if self.hosted_rollout else ROLLOUT]}
 
-    def resume(self, saved: dict[str, int], step: int) -> None:
-        """This process replaces a dead coordinator or driver: each elastic group starts at the size the
-        checkpoint of ``step`` ran with (``saved``: its world sizes), not at its configured size, which would
-        take resources the other groups ran on (and wait for the lost ones again); it grows back as usual."""
-        for role, size in saved.items():
-            if role in self.minimum and self.minimum[role] <= size < self.sizes[role]:
-                self._resize(role, size, step, "the size the checkpoint ran with, resumed by a process that "
-                             "replaces a dead coordinator or driver")
+    def resume(self, step: int) -> None:
+        """This process replaces a dead coordinator or driver: start each elastic group at the size that fits
+        now (``plan``) rather than its configured size, which could take the resources the other groups ran
+        on and wait for the lost ones again; the group grows back as usual."""
+        for role, size in self.plan(free_per_node()).items():
+            if size != self.sizes[role]:
+                self._resize(role, size, step, "what fits now, for a process that replaces a dead coordinator "
+                             "or driver")
+
+    def plan(self, free_nodes: list[dict[str, float]]) -> dict[str, int]:
+        """The size of each elastic group when ``free_nodes`` are free: the other groups' workers placed first,
+        then each elastic group's minimum, then what is left up to each configured size (never below the
+        minimum: a group that does not fit waits for its resources)."""
+        free = [dict(node) for node in free_nodes]
+        for role in [r for r in self.configured if r not in self.minimum]:
+            _take(free, self.bundles[role], self.configured[role])
+        sizes = {role: _take(free, self.bundles[role], self.minimum[role]) for role in self.minimum}
+        for role in self.minimum:
+            sizes[role] += _take(free, self.bundles[role], self.configured[role] - sizes[role])
+        return {role: max(self.minimum[role], size) for role, size in sizes.items()}
 
     def shrink(self, failure: InfraFailure, step: int) -> bool:
         """After ``failure``: when it is a group's resources not back within runner.resource_wait_s and the

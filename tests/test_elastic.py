@@ -7,19 +7,18 @@ to the resize."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from rayrl.checkpoint.storage import storage_for
 from rayrl.config import load_config
-from rayrl.elastic import Elastic, bundles_that_fit, saved_world_sizes
+from rayrl.data.ledger import audit
+from rayrl.elastic import Elastic, bundles_that_fit
 from rayrl.failures import InfraFailure, WorkerId
 from rayrl.runlog import EventLog, read_jsonl
 from tests.support import (
-    REPO, RECOVERY_STEPS, env_for_tests, events_named, final_weights, kill_session, last_step, output_of, read_metrics,
-    rewards, spawn_rayrl, start_local_cluster, stop_local_cluster, tracker_step, uninterrupted_run, wait_running,
+    REPO, RECOVERY_STEPS, env_for_tests, events_named, final_weights, kill_session, last_step, ledger, output_of,
+    read_metrics, rewards, spawn_rayrl, start_local_cluster, stop_local_cluster, tracker_step, uninterrupted_run,
+    wait_running,
 )
 from tests.test_recovery_cluster import FAST_HEALTH_CHECK, _workers_below
 
@@ -69,19 +68,15 @@ def test_a_group_grows_back_only_when_all_its_missing_workers_fit(tmp_path):
         "event": "resized", "role": "actor", "from": 2, "to": 4, "step": 12}
 
 
-def test_a_replacing_process_resumes_the_size_the_checkpoint_ran_with(tmp_path):
-    step_dir = tmp_path / "global_step_8"
-    step_dir.mkdir()
-    (step_dir / "trainer_state.json").write_text(json.dumps({"world_sizes": {"actor": 1, "rollout": 2}}))
-    saved = saved_world_sizes(str(step_dir), storage_for(str(step_dir)))
-    assert saved == {"actor": 1, "rollout": 2}
-    assert saved_world_sizes(str(tmp_path), storage_for(str(tmp_path))) == {}  # none recorded
-    e = _elastic(tmp_path, "actor.world_size=3", "actor.min_world_size=1", "rollout.num_workers=2")
-    e.resume(saved, 8)
-    assert e.sizes["actor"] == 1 and e.sizes["rollout"] == 2
-    e = _elastic(tmp_path, "actor.world_size=3", "actor.min_world_size=2")
-    e.resume(saved, 8)
-    assert e.sizes["actor"] == 3  # below today's minimum: the configured size
+def test_a_replacing_process_plans_the_elastic_groups_around_the_others(tmp_path):
+    e = _elastic(tmp_path, "actor.world_size=3", "actor.min_world_size=1", "rollout.num_workers=2",
+                 "rollout.min_workers=1", "reference.enabled=true")
+    # the reference (not elastic) first, then each elastic group's minimum, then the rest up to its size
+    assert e.plan(_nodes(1, 1, 1)) == {"actor": 1, "rollout": 1}
+    assert e.plan(_nodes(1, 1, 1, 1)) == {"actor": 2, "rollout": 1}
+    assert e.plan(_nodes(2, 2, 2)) == {"actor": 3, "rollout": 2}
+    assert e.plan(_nodes(1)) == {"actor": 1, "rollout": 1}  # never below the minimum: that group waits
+    assert _elastic(tmp_path, "actor.world_size=2", "actor.min_world_size=1").plan(_nodes(1, 1)) == {"actor": 1}
 
 
 def test_colocated_engines_follow_the_actor_size(tmp_path):
@@ -125,10 +120,8 @@ def test_a_lost_node_shrinks_the_actor_group_and_a_new_node_grows_it_back(tmp_pa
     assert [m["step"] for m in metrics] == list(range(1, 21))  # every step once
     sizes = [m["actor_world_size"] for m in metrics]
     assert sizes == [2] * 4 + [1] * (grow["step"] - 4) + [2] * (20 - grow["step"]), sizes
-    want = read_metrics(reference)
-    assert [m["ledger"] for m in metrics] == [m["ledger"] for m in want]  # the same samples, step by step
-    from rayrl.data.ledger import audit
-    assert audit(metrics, 32, 4) == []
+    assert ledger(tmp_path) == ledger(reference)  # the same samples, step by step
+    assert audit(metrics, 32, 4) == []  # data.num_samples, data.batch_size of tests.support.FAST
     # Up to the resize the run is the uninterrupted one; step 5 too: it samples with the weights of step 4
     # (loaded bit for bit) on the rollout worker that was kept.
     assert rewards(tmp_path)[:5] == rewards(reference)[:5]
