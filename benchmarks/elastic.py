@@ -1,8 +1,8 @@
 """Q: how fast does an elastic run (``actor.min_world_size``) train on N-1 actor ranks against N, in the same run?
 
 A ``ray.cluster_utils.Cluster`` on this machine: a head without CPUs (the driver and the coordinator), one
-1-CPU node per actor rank and one for the rollout engine. After the checkpoint of step 8 the node of one
-actor rank is killed and none replaces it: after ``runner.resource_wait_s`` the run continues on N-1 ranks;
+1-CPU node per actor rank and one for the rollout engine. Once the checkpoint of step 8 is committed the node
+of one actor rank is killed and none replaces it: after ``runner.resource_wait_s`` the run continues on N-1 ranks;
 at step 18 a node joins and the group grows back to N. The figure is the median step time (``time_s``, and
 the actor's ``train_time_s`` beside it) of the steps at N-1 ranks over those at N, the first steps after a
 start or a resize (warm-up) left out: steps/s at N-1 over N is its inverse. The global batch is the same at
@@ -21,11 +21,12 @@ from pathlib import Path
 
 from benchmarks.common import Figure, Settings, ratio_figure
 from benchmarks.driver import launch
+from benchmarks.lifecycle import checkpoint_after
 from benchmarks.recovery import FAST_HEALTH_CHECK, _environ, _titles_below
 
 NAME = "elastic"
 RANKS = 2
-STEPS, KILL_AFTER, GROW_AT, WARMUP = 24, 9, 18, 2
+STEPS, KILL_AFTER, GROW_AT, WARMUP = 24, 9, 18, 2  # a save every 4: killed after the checkpoint of step 8
 TIMEOUT_S = 1800.0
 DEFAULT_WORK = ("data.batch_size=8", "rollout.n_samples_per_prompt=8", "rollout.max_new_tokens=12")
 
@@ -72,7 +73,7 @@ def elastic_run(settings: Settings) -> list[dict]:
             "reference.enabled=false", f"runner.max_steps={STEPS}", "runner.save_interval=4",
             "runner.resource_wait_s=5"], ray_address=cluster.address)
         try:
-            run.wait_for(f"step {KILL_AFTER}", lambda r: r.metrics and r.metrics[-1]["step"] >= KILL_AFTER, TIMEOUT_S)
+            run.wait_for(f"the checkpoint of step {KILL_AFTER - 1}", checkpoint_after(KILL_AFTER - 2), TIMEOUT_S)
             victim = next(n for n in nodes if _titles_below(n, "ray::ActorWorker"))
             cluster.remove_node(victim, allow_graceful=False)
             run.wait_for(f"step {GROW_AT} on fewer ranks", lambda r: r.events_named("resized")
