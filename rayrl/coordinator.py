@@ -34,7 +34,7 @@ from rayrl.config import ConfigError, checkpoint_dir, config_changes, config_to_
 from rayrl.data.tasks import get_task, run_reward_specs
 from rayrl.failures import InfraFailure, WorkerId, check_finite
 from rayrl.managers import build_manager, resolve_manager
-from rayrl.recovery import Recovery, RunFailed
+from rayrl.recovery import NEW_PROCESS, STANDBY, Recovery, RunFailed, replacement_plan
 from rayrl.replicas import MemoryReplicas, MemoryStep
 from rayrl.run_lock import RunLock
 from rayrl.runlog import EventLog, EventLogHandler, MetricsLog
@@ -168,9 +168,10 @@ class Coordinator:
         except Exception as err:  # noqa: BLE001 -- only for the report: a lost node may not answer
             log.warning("could not locate %s: %s", failure.what, err)
             where = {}
-        replaced = self._release_failed(failure)
+        plan = self._release_failed(failure)
         delay = self.recovery.failed(failure.what, failure.cause, failure.node or where.get("node"),
-                                     where.get("pid"), preemption=failure.preemption, replaced=replaced)
+                                     where.get("pid"), preemption=failure.preemption,
+                                     replaced=sorted(plan) if plan is not None else None, replaced_by=plan)
         time.sleep(delay)
 
     def _storage(self, path: str) -> Any:
@@ -199,25 +200,26 @@ class Coordinator:
             "moved or deleted. Repair or remove them, start from another with runner.resume_dir=..., or "
             "start over with runner.resume_mode=disable (which archives them)")
 
-    def _release_failed(self, failure: InfraFailure) -> list[str] | None:
-        """Replace the groups ``failure`` took down and keep the others (they are reloaded from the
-        checkpoint, saving their start-up); the names of the groups replaced. Anything unexpected here
-        tears the whole fleet down, as does a failure that leaves no group standing."""
+    def _release_failed(self, failure: InfraFailure) -> dict[str, str] | None:
+        """Make the groups ``failure`` took down whole (by standbys or new processes: replacement_plan) and keep
+        the others (they are reloaded, saving their start-up); how each was replaced. Anything unexpected
+        here tears the whole fleet down, as does a failure that leaves no group standing and no standby."""
         fleet = self.fleet
         if fleet is None:
             return None
         every = [g.name for g in fleet.groups]
         try:
-            failed = fleet.failed_groups(failure)
-            if failed != set(every):
-                self._settle_save_in_flight(actor_kept="actor" not in failed)
-                fleet.replace(failed)
-                return sorted(failed)
+            lost = fleet.lost_workers(failure)
+            plan = replacement_plan(lost, fleet.standbys.ready({g for g, i in lost.items() if i is not None}))
+            if set(plan) != set(every) or STANDBY in plan.values():
+                self._settle_save_in_flight(actor_kept="actor" not in plan)
+                fleet.replace(plan, lost)
+                return plan
         except Exception as err:  # noqa: BLE001 -- another worker lost, a hang: start from nothing
             log.warning("keeping the workers that survived %s failed (%s); restarting every group",
                         failure.what, err)
         self._teardown()
-        return every
+        return dict.fromkeys(every, NEW_PROCESS)
 
     def _settle_save_in_flight(self, actor_kept: bool) -> None:
         """An asynchronous save still writing when a group failed. Only the actor shards are written in the
@@ -277,7 +279,7 @@ class Coordinator:
                              f"runner.max_steps={runner.max_steps}", step=step, path=start_dir)
             return {"status": "done", "final_step": step}
         if self.fleet is None:
-            self.fleet = Fleet(cfg, owner=self.actor_id)
+            self.fleet = Fleet(cfg, owner=self.actor_id, emit=self.events.emit)
         fleet = self.fleet
         t0 = time.perf_counter()
         new_roles = fleet.start(report=lambda message: self.events.emit("waiting_for_resources", message))
@@ -295,9 +297,10 @@ class Coordinator:
             sync_weights(fleet)
             sync_s = time.perf_counter() - t0
             source = "storage" if start_dir is not None else "memory"
+            times = {"start_s": start_s, "group_s": fleet.group_s, "load_s": load_s, "sync_s": sync_s}
             self.events.emit("resumed", f"Resumed from {where}: next step {step + 1}", step=step,
-                             path=start_dir, source=source, start_s=start_s, load_s=load_s, sync_s=sync_s)
-            self.recovery.loaded_from(source, start_s=start_s, load_s=load_s, sync_s=sync_s)
+                             path=start_dir, source=source, **times)
+            self.recovery.loaded_from(source, **times)
             self._report_config_changes(state, step, where)
         else:
             self.events.emit("fresh_start", "No checkpoint to resume from: starting fresh at step 1",
@@ -315,6 +318,7 @@ class Coordinator:
             self.trackers.log(self.metrics.append(metrics))
             self.recovery.step_finished(step)
             self.replicas.step_finished()
+            fleet.tend_standbys()
             self.manager.poll()
             self.replicas.promote(self.manager.list_steps)
             notices = fleet.preemption_notices() if runner.save_on_preemption else []

@@ -1,8 +1,8 @@
 """In-job recovery from the loss of a worker: SIGKILL of a rollout worker, of one actor rank and of the
 reference worker, each in the middle of its part of a step; SIGTERM (a preemption notice) to a worker; a
-hung worker. Each is detected, the group that lost a worker is replaced (the others keep their processes and
-reload), every group resumes from this run's latest checkpoint (from its copy in memory in the SIGKILL run,
-runner.checkpoint.memory_replicas=1; from storage in the other), and the run ends with exit 0 and the same
+hung worker. Each is detected, the lost worker's place is taken by a standby (runner.standby) or its group is
+replaced (the others keep their processes and reload), every group resumes from this run's latest checkpoint
+(from its copy in memory in the SIGKILL run, runner.checkpoint.memory_replicas=1; from storage in the other), and the run ends with exit 0 and the same
 weights and per-step rewards, bit for bit, as a run that was never interrupted."""
 
 from __future__ import annotations
@@ -44,24 +44,37 @@ def reference(tmp_path_factory):
 
 
 def test_sigkill_of_each_worker_role_mid_step(reference, tmp_path):
-    """With memory replicas: every recovery loads the newest committed step from memory. Right after the
-    actor rank's kill the test moves that step's actor files out of the checkpoint directory: the recovery
-    still resumes from that step, so it read none of them."""
-    proc = spawn_rayrl(tmp_path, *STEPS, "runner.max_restarts=3", "runner.checkpoint.memory_replicas=1")
-    killed_at, pids = [], []  # pids: each role's worker pids before each kill, then at the end
+    """With a standby per actor and rollout role and memory replicas: the rollout worker's and the actor
+    rank's places are taken by their standbys (the surviving rank keeps its process and re-forms the group
+    with the standby), the reference is restarted in a new process, and every recovery loads the newest
+    committed step from memory. Right after the actor rank's kill the test moves that step's actor files out
+    of the checkpoint directory: the recovery still resumes from that step, so it read none of them. The
+    rollout standby started after the first recovery is killed while idle: it is replaced, no recovery."""
+    proc = spawn_rayrl(tmp_path, *STEPS, "runner.max_restarts=3", "runner.checkpoint.memory_replicas=1",
+                       "runner.standby.actor=1", "runner.standby.rollout=1")
+    killed_at, pids, killed = [], [], []  # pids: each role's worker pids before each kill, then at the end
     moved = None  # (step, where its actor files went)
+    idle = None  # the pid of the standby killed while idle
     try:
+        wait_running(proc, lambda: {e["role"] for e in events_named(tmp_path, "standby_ready")} == {"actor", "rollout"},
+                     300, "a ready standby of each role")
         for n, (title, _, checkpoint) in enumerate(KILLS):
             wait_running(proc, lambda: (tracker_step(tmp_path) or 0) >= checkpoint and
                          len(events_named(tmp_path, "recovered")) == n, 300, f"checkpoint of step {checkpoint}")
             pids.append(worker_pids(proc.pid))
-            os.kill(pid_busy_in(proc.pid, title, timeout=60), signal.SIGKILL)
+            killed.append(pid_busy_in(proc.pid, title, timeout=60))
+            os.kill(killed[-1], signal.SIGKILL)
             killed_at.append(time.time())
             if title.startswith("ray::ActorWorker"):  # the coordinator is stuck in the step: nothing commits now
                 newest = tracker_step(tmp_path)
                 moved = newest, tmp_path / "moved-actor-files"
                 shutil.move(checkpoints_dir(tmp_path) / step_dir_name(newest) / ACTOR_DIR, moved[1])
             wait_running(proc, lambda: len(events_named(tmp_path, "recovered")) > n, 300, f"recovery {n + 1}")
+            if title.startswith("ray::ActorWorker"):  # the rollout standby started after the first recovery
+                spare = wait_running(proc, lambda: standby_pids(tmp_path, "rollout")[1:], 300, "a new rollout standby")
+                idle = spare[0]
+                os.kill(idle, signal.SIGKILL)
+                wait_running(proc, lambda: events_named(tmp_path, "standby_lost"), 300, "the idle standby's loss")
         pids.append(worker_pids(proc.pid))
         rc = proc.wait(timeout=300)
     finally:
@@ -71,25 +84,42 @@ def test_sigkill_of_each_worker_role_mid_step(reference, tmp_path):
     failures = events_named(tmp_path, "failure")
     assert len(failures) == 3 and all(f["what"].startswith(label) for f, (_, label, _) in zip(failures, KILLS))
     assert all(f["counted"] and f["node"] and f["pid"] for f in failures), failures
-    for n, (f, (_, label, _)) in enumerate(zip(failures, KILLS)):  # only the killed worker's group restarted
+    recovered = events_named(tmp_path, "recovered")
+    assert [e["replaced_by"] for e in recovered] == [
+        {"rollout": "standby"}, {"actor": "standby"}, {"reference": "new process"}], recovered
+    spares = {role: standby_pids(tmp_path, role) for role in ("actor", "rollout")}
+    for n, (f, (_, label, _)) in enumerate(zip(failures, KILLS)):  # only the killed worker's place changed
         role = label.split("[")[0]
         assert f["replaced"] == [role], f
-        assert all(pids[n][r] == pids[n + 1][r] and pids[n][r] for r in ROLES if r != role), (role, pids)
-        assert not pids[n][role] & pids[n + 1][role], (role, pids)
-    recovered = events_named(tmp_path, "recovered")
+        before, after = pids[n], pids[n + 1]
+        assert killed[n] not in after[role], (role, pids)
+        kept = [r for r in ROLES if r != role or role in spares]  # a standby's role: the survivors too
+        assert all(before[r] - {killed[n], idle} <= after[r] and before[r] for r in kept), (role, pids)
+        if role in spares:  # the standby that took the place was there before the kill
+            assert spares[role][0] in before[role] and spares[role][0] in after[role], (role, spares, pids)
+        else:
+            assert not before[role] & after[role], (role, pids)
+    (lost,) = events_named(tmp_path, "standby_lost")
+    assert (lost["role"], lost["pid"]) == ("rollout", idle), lost
     for e, (_, _, checkpoint) in zip(recovered, KILLS):
         assert e["resumed_from"] >= checkpoint and e["resumed_from"] % 4 == 0, e
         assert 0 < e["seconds_to_next_step"] < 300, e
         assert e["source"] == "memory" and e["load_s"] >= 0 and e["sync_s"] >= 0, e
+    assert recovered[1]["group_s"] > 0, recovered[1]  # the actor group re-formed with the standby
     assert recovered[1]["resumed_from"] == moved[0], (recovered[1], moved)  # its actor files were not there
     assert (moved[1] / ".metadata").is_file(), moved
     assert not (checkpoints_dir(tmp_path) / step_dir_name(moved[0]) / ACTOR_DIR).exists(), moved
     (memory,) = events_named(tmp_path, "memory_replicas")
     assert memory["enabled"] and memory["bytes_per_rank"] > 0, memory
-    assert "recovering from the latest checkpoint" in out and "recovered from the loss of actor[" in out
+    assert "replacing actor (standby)" in out and "recovered from the loss of actor[" in out
     assert rewards(tmp_path) == rewards(reference)  # every step once, same values
     assert_same_weights(final_weights(tmp_path, 20), final_weights(reference, 20))
     print("\n".join(["", *recovery_times(tmp_path, killed_at)]))
+
+
+def standby_pids(output_dir, role: str) -> list[int]:
+    """The pids of the standbys of ``role`` in the order they became ready."""
+    return [e["pid"] for e in events_named(output_dir, "standby_ready") if e["role"] == role]
 
 
 def test_sigterm_saves_the_current_step_and_a_hang_hits_the_step_timeout(reference, tmp_path):

@@ -94,6 +94,14 @@ class CheckpointConfig:
 
 
 @dataclass
+class StandbyConfig:
+    """Spare worker processes per role, started with the fleet, that take a lost worker's place."""
+
+    actor: int = _field(0, _ge(0))  # spare actor ranks (each reserves what a rank does: a GPU on GPU)
+    rollout: int = _field(0, _ge(0))  # spare rollout engines
+
+
+@dataclass
 class RunnerConfig:
     """The run as a whole: where it writes, how long it runs, how it saves, resumes and recovers."""
 
@@ -114,6 +122,7 @@ class RunnerConfig:
     deterministic: bool = False  # GPU: deterministic kernels (torch, cuBLAS, vLLM batch-invariant); CPU is always exact
     # split: actor, rollout and reference in processes of their own; colocated: all three in each actor rank
     placement: str = _field("split", _one_of("split", "colocated"))
+    standby: StandbyConfig = field(default_factory=StandbyConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
@@ -272,6 +281,10 @@ def _check_colocated(cfg: RayRLConfig) -> None:
     on GPU rollout.num_gpus_per_worker is the share of the rank's GPU an engine takes while awake."""
     if cfg.runner.placement != "colocated":
         return
+    for role in ("actor", "rollout"):
+        if getattr(cfg.runner.standby, role) > 0:
+            raise ConfigError(f"runner.standby.{role}: standbys need runner.placement=split (a colocated rank "
+                              "hosts its engine and reference, which a spare would have to build too)")
     if cfg.actor.num_gpus_per_worker == 0:
         for key in ("rollout", "reference"):
             if getattr(cfg, key).num_gpus_per_worker > 0:

@@ -36,11 +36,31 @@ class ActorWorker(WorkerBase):
         super().__init__(cfg, role="actor", index=rank)
         self.rank, self.world_size = rank, world_size
 
+    def warm(self) -> dict[str, Any]:
+        """A standby: import what joining the group and building the sharded policy need, and build the
+        model's structure once (transformers' model classes), so that taking a rank costs only the group
+        and the sharded build (which needs the group)."""
+        from rayrl.checkpoint.sharded import ShardedCheckpointIO  # noqa: F401 -- imported ahead
+        from rayrl.models.loading import load_model_and_tokenizer
+        from rayrl.workers.policy import build_sharded_policy  # noqa: F401 -- imported ahead
+
+        load_model_and_tokenizer(self.cfg.actor.model, self.cfg.runner.seed, on_meta=True)
+        return super().warm()
+
+    def assume(self, index: int) -> None:
+        super().assume(index)
+        self.rank = index
+
     def setup(self, master_addr: str, master_port: int) -> None:
-        """Join the group, build the sharded policy, optimizer and LR schedule."""
+        """Join the group, build the sharded policy, optimizer and LR schedule. A rank already in a group
+        (a standby took a lost rank's place) leaves it first: every member joins the new rendezvous, and
+        the policy is built anew over the new group (its state is loaded next)."""
         from rayrl.checkpoint.sharded import ShardedCheckpointIO
         from rayrl.workers.policy import build_optimizer, build_scheduler, build_sharded_policy
 
+        if dist.is_initialized():
+            self.ckpt.abandon()  # a save in flight when the rank was lost cannot complete
+            self.shutdown()
         cfg = self.cfg
         use_cuda = self.device.type == "cuda"
         dist.init_process_group(
@@ -254,6 +274,7 @@ class ActorWorker(WorkerBase):
             seed_rng_state(derived_seed(self.cfg.runner.seed, "actor", self.rank, step))
 
     def shutdown(self) -> None:
+        """Close the checkpoint I/O and leave the process group (FSDP's mesh goes with it)."""
         self.ckpt.close()
         if dist.is_initialized():
             dist.destroy_process_group()

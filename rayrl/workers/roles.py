@@ -25,7 +25,8 @@ class RoleSpec:
     worker i is built as ``cls(*args(cfg, i, size))``. ``process_group``: the workers join one
     torch.distributed group (``setup(master_addr, master_port)``) once they are all up. ``host``: the role
     whose processes host this one (runner.placement colocated): it has no workers of its own, one per host
-    worker instead, and its calls go to the host's ``hosted`` method."""
+    worker instead, and its calls go to the host's ``hosted`` method. ``standbys(cfg)``: spare workers of
+    the role, started with the fleet, that take a lost worker's place (rayrl.workers.standby)."""
 
     name: str
     cls: type
@@ -35,6 +36,7 @@ class RoleSpec:
     enabled: Callable[[Any], bool] = lambda cfg: True
     process_group: bool = False
     host: str | None = None
+    standbys: Callable[[Any], int] = lambda cfg: 0
 
     def resources(self, cfg: Any) -> tuple[float, float]:
         """CPUs and GPUs that each worker of this role reserves."""
@@ -44,9 +46,11 @@ class RoleSpec:
 
 ROLES: tuple[RoleSpec, ...] = (
     RoleSpec(ACTOR, ActorWorker, size=lambda cfg: cfg.actor.world_size,
-             args=lambda cfg, rank, size: (cfg, rank, size), process_group=True),
+             args=lambda cfg, rank, size: (cfg, rank, size), process_group=True,
+             standbys=lambda cfg: cfg.runner.standby.actor),
     RoleSpec(ROLLOUT, RolloutWorker, size=lambda cfg: cfg.rollout.num_workers,
-             args=lambda cfg, index, size: (cfg, index), strategy="SPREAD"),
+             args=lambda cfg, index, size: (cfg, index), strategy="SPREAD",
+             standbys=lambda cfg: cfg.runner.standby.rollout),
     RoleSpec(REFERENCE, ReferenceWorker, size=lambda cfg: 1, args=lambda cfg, index, size: (cfg, index),
              enabled=lambda cfg: cfg.reference.enabled),
 )
