@@ -44,20 +44,22 @@ def reference(tmp_path_factory):
 
 
 def test_sigkill_of_each_worker_role_mid_step(reference, tmp_path):
-    """With a standby per actor and rollout role and memory replicas: the rollout worker's and the actor
-    rank's places are taken by their standbys (the surviving rank keeps its process and re-forms the group
-    with the standby), the reference is restarted in a new process, and every recovery loads the newest
-    committed step from memory. Right after the actor rank's kill the test moves that step's actor files out
-    of the checkpoint directory: the recovery still resumes from that step, so it read none of them. The
-    rollout standby started after the first recovery is killed while idle: it is replaced, no recovery."""
+    """With standbys (one actor, two rollout) and memory replicas: one rollout standby is killed while idle
+    (it is replaced, no recovery); the rollout worker's and the actor rank's places are taken by standbys
+    (the surviving rank keeps its process and re-forms the group with the standby); the reference restarts
+    in a new process; every recovery loads the newest committed step from memory. Right after the actor
+    rank's kill the test moves that step's actor files out of the checkpoint directory: the recovery still
+    resumes from that step, so it read none of them."""
     proc = spawn_rayrl(tmp_path, *STEPS, "runner.max_restarts=3", "runner.checkpoint.memory_replicas=1",
-                       "runner.standby.actor=1", "runner.standby.rollout=1")
+                       "runner.standby.actor=1", "runner.standby.rollout=2")
     killed_at, pids, killed = [], [], []  # pids: each role's worker pids before each kill, then at the end
     moved = None  # (step, where its actor files went)
-    idle = None  # the pid of the standby killed while idle
     try:
-        wait_running(proc, lambda: {e["role"] for e in events_named(tmp_path, "standby_ready")} == {"actor", "rollout"},
-                     300, "a ready standby of each role")
+        wait_running(proc, lambda: len(standby_pids(tmp_path, "actor")) == 1 and len(standby_pids(tmp_path, "rollout")) == 2,
+                     300, "the standbys ready")
+        idle = standby_pids(tmp_path, "rollout")[1]
+        os.kill(idle, signal.SIGKILL)
+        wait_running(proc, lambda: events_named(tmp_path, "standby_lost"), 300, "the idle standby's loss")
         for n, (title, _, checkpoint) in enumerate(KILLS):
             wait_running(proc, lambda: (tracker_step(tmp_path) or 0) >= checkpoint and
                          len(events_named(tmp_path, "recovered")) == n, 300, f"checkpoint of step {checkpoint}")
@@ -70,37 +72,31 @@ def test_sigkill_of_each_worker_role_mid_step(reference, tmp_path):
                 moved = newest, tmp_path / "moved-actor-files"
                 shutil.move(checkpoints_dir(tmp_path) / step_dir_name(newest) / ACTOR_DIR, moved[1])
             wait_running(proc, lambda: len(events_named(tmp_path, "recovered")) > n, 300, f"recovery {n + 1}")
-            if title.startswith("ray::ActorWorker"):  # the rollout standby started after the first recovery
-                spare = wait_running(proc, lambda: standby_pids(tmp_path, "rollout")[1:], 300, "a new rollout standby")
-                idle = spare[0]
-                os.kill(idle, signal.SIGKILL)
-                wait_running(proc, lambda: events_named(tmp_path, "standby_lost"), 300, "the idle standby's loss")
         pids.append(worker_pids(proc.pid))
         rc = proc.wait(timeout=300)
     finally:
         kill_session(proc)
     out = output_of(proc)
     assert rc == 0, out[-3000:]
-    failures = events_named(tmp_path, "failure")
+    failures = events_named(tmp_path, "failure")  # the idle standby's loss is none
     assert len(failures) == 3 and all(f["what"].startswith(label) for f, (_, label, _) in zip(failures, KILLS))
     assert all(f["counted"] and f["node"] and f["pid"] for f in failures), failures
+    (lost,) = events_named(tmp_path, "standby_lost")
+    assert (lost["role"], lost["pid"]) == ("rollout", idle), lost
     recovered = events_named(tmp_path, "recovered")
     assert [e["replaced_by"] for e in recovered] == [
         {"rollout": "standby"}, {"actor": "standby"}, {"reference": "new process"}], recovered
-    spares = {role: standby_pids(tmp_path, role) for role in ("actor", "rollout")}
     for n, (f, (_, label, _)) in enumerate(zip(failures, KILLS)):  # only the killed worker's place changed
         role = label.split("[")[0]
         assert f["replaced"] == [role], f
         before, after = pids[n], pids[n + 1]
-        assert killed[n] not in after[role], (role, pids)
-        kept = [r for r in ROLES if r != role or role in spares]  # a standby's role: the survivors too
-        assert all(before[r] - {killed[n], idle} <= after[r] and before[r] for r in kept), (role, pids)
-        if role in spares:  # the standby that took the place was there before the kill
-            assert spares[role][0] in before[role] and spares[role][0] in after[role], (role, spares, pids)
-        else:
-            assert not before[role] & after[role], (role, pids)
-    (lost,) = events_named(tmp_path, "standby_lost")
-    assert (lost["role"], lost["pid"]) == ("rollout", idle), lost
+        assert killed[n] not in after[role] and before[role], (role, pids)
+        if role == "reference":  # no standby: a new process
+            assert not before[role] & after[role], pids
+        kept = [r for r in ROLES if not r == role == "reference"]  # a standby's role: its other workers too
+        assert all(before[r] - {killed[n]} <= after[r] for r in kept), (role, pids)
+        if role != "reference":  # the standby that took the place was ready before the kill
+            assert standby_pids(tmp_path, role)[0] in before[role] & after[role], (role, pids)
     for e, (_, _, checkpoint) in zip(recovered, KILLS):
         assert e["resumed_from"] >= checkpoint and e["resumed_from"] % 4 == 0, e
         assert 0 < e["seconds_to_next_step"] < 300, e

@@ -83,6 +83,8 @@ class Fleet:
             g.wait_ready(runner.resource_wait_s, report)
         for g in new:
             g.spawn(lambda i, g=g: self.specs[g.name].args(cfg, i, g.size))
+        if not self.standbys.started:  # with the fleet, importing while it starts; later ones at step ends
+            self.standbys.top_up(self._groups, self.where)
         bound = max(runner.step_timeout_s, runner.resource_wait_s)
         joining = {g.name for g in new} | self._reform  # new groups, and groups a standby joined
         workers = [(wid, w) for wid, w in self.workers() if wid.role in joining or wid not in self.where]
@@ -99,12 +101,11 @@ class Fleet:
         self.group_s = time.perf_counter() - t0 if calls else 0.0
         self._locate(others, results[len(calls):])
         self._reform.clear()
-        if not self.standbys.started:  # with the fleet; after a recovery, at the next step boundary
-            self.standbys.top_up(self._groups, self.where)
         return {wid.role for wid, _ in workers}
 
     def tend_standbys(self) -> None:
-        """At a step boundary: replace lost idle standbys and start the missing ones (no waiting)."""
+        """At a step boundary: replace the standbys that took a place or were lost while idle (so that they
+        do not slow a recovery down); nothing waits for them."""
         self.standbys.tend(self._groups, self.where)
 
     def read_storage_marker(self, path: str, nonce: str, roles: set[str]) -> dict[WorkerId, dict[str, Any]]:

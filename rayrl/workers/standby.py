@@ -7,7 +7,8 @@ Each standby reserves what a worker of its role reserves (a GPU on GPU). The fir
 that holds none of the role's workers where the cluster has one (a soft preference: Ray places them
 elsewhere when that node is full); one started after a standby took a lost worker's place goes into the
 reservation the lost worker freed (its placement-group bundle), so the run never holds more than it
-asked for at the start. A standby lost while idle is replaced at the next step boundary, with no recovery.
+asked for at the start, and only at the next step boundary, so that it does not slow the recovery down. A
+standby lost while idle is replaced at the next step boundary too, with no recovery.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Standbys:
     def _other_node(self, group: WorkerGroup, where: dict[Any, dict[str, Any]]) -> str | None:
         """A live node that holds none of the group's workers and could hold one (its total resources), the
         one with the fewest of this role's standbys; None when there is none."""
-        busy = {info["node"] for w, info in where.items() if w.role == group.name}
+        busy = {info["node"] for w, info in where.items() if w.role == group.name} | set(group.node_ids())
         spares = [s.info["node"] for s in self.pool[group.name] if s.info]
         nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["NodeID"] not in busy
                  and all(n.get("Resources", {}).get(k, 0) >= v for k, v in group.bundle.items())]
