@@ -263,6 +263,7 @@ class Coordinator:
     def _train(self, start_dir: str | None, memory: MemoryStep | None = None) -> dict[str, Any]:
         """Train from ``start_dir`` (storage), ``memory`` (the newest step's copy in memory) or, with
         neither, from scratch."""
+        from rayrl.data import ledger
         from rayrl.data.loader import BatchStream
         from rayrl.participants import ActorPart, DataPart, HFExportPart, RolloutPart
         from rayrl.step import Scoring, run_step, sync_weights
@@ -311,10 +312,12 @@ class Coordinator:
         scoring = Scoring(cfg, self.reward_specs)
         while step < runner.max_steps:
             step += 1
-            items, epoch = stream.next()
-            metrics = run_step(fleet, cfg, scoring, items, step)
+            batch = stream.next()
+            metrics = run_step(fleet, cfg, scoring, batch.items, step)
             check_finite(metrics, step)
-            metrics.update(epoch=epoch, consumed_samples=stream.consumed_samples)
+            metrics.update(epoch=batch.epoch, consumed_samples=stream.consumed_samples,
+                           ledger=ledger.entry(batch.epoch, batch.indices),
+                           actor_world_size=fleet.actor.size, rollout_workers=fleet.rollout.size)
             self.trackers.log(self.metrics.append(metrics))
             self.recovery.step_finished(step)
             self.replicas.step_finished()
@@ -410,7 +413,7 @@ class Coordinator:
         return {
             "global_step": step, "consumed_samples": stream.consumed_samples, "epoch": stream.epoch,
             "metrics": metrics,
-            "world_sizes": {"actor": cfg.actor.world_size, "rollout": self.fleet.rollout.size},
+            "world_sizes": {"actor": self.fleet.actor.size, "rollout": self.fleet.rollout.size},
             "config": config_to_dict(cfg),
             "versions": {"rayrl": rayrl.__version__, "torch": torch.__version__, "ray": ray.__version__,
                          "python": platform.python_version()},
