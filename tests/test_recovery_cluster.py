@@ -60,6 +60,17 @@ def _workers_below(node) -> list[str]:
     return [cmd for _, cmd in descendants(_raylet_pid(node)) if cmd.startswith(WORKER_TITLES)]
 
 
+def _idle_for(node, title: str, seconds: float) -> bool:
+    """Whether a process below ``node`` is titled exactly ``title`` (a Ray actor with no call running: a
+    standby done warming up) throughout the next ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if title not in (cmd.split(" ")[0] for _, cmd in descendants(_raylet_pid(node))):
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _ranks_below(node) -> int:
     return sum(cmd.startswith("ray::ActorWorker") for cmd in _workers_below(node))
 
@@ -71,6 +82,14 @@ def test_losing_an_actor_rank_s_node_recovers_from_memory_with_a_standby(cluster
     try:
         wait_running(proc, lambda: last_step(tmp_path) >= 1, 300, "step 1")
         spare_node = cluster.add_node(num_cpus=STANDBY_NODE_CPUS, temp_dir=cluster.temp_dir)
+        # The standby, pending until now, starts on the new node: the rollout worker is held (SIGSTOP) until
+        # it is ready, so that the short run does not end first.
+        (rollout,) = [pid for n in nodes for pid, cmd in descendants(_raylet_pid(n)) if cmd.startswith("ray::RolloutWorker")]
+        os.kill(rollout, signal.SIGSTOP)
+        try:
+            wait_until(lambda: _idle_for(spare_node, "ray::ActorWorker", 1.0), 300, "the standby to be ready")
+        finally:
+            os.kill(rollout, signal.SIGCONT)
         (ready,) = wait_running(proc, lambda: events_named(tmp_path, "standby_ready"), 300, "the actor standby")
         assert ready["node"] == spare_node.node_id, ready
         wait_running(proc, lambda: (tracker_step(tmp_path) or 0) >= 4 and last_step(tmp_path) >= 5, 300,

@@ -35,7 +35,7 @@ class Fleet:
         self.where: dict[WorkerId, dict[str, Any]] = {}  # worker -> {"node", "pid"}, from the start-up pings
         self.standbys = Standbys(cfg, self.specs, emit or (lambda event, message, **fields: log.info(message)))
         self._reform: set[str] = set()  # groups whose process group is re-formed at the next start
-        self.group_s = 0.0  # how long the last start waited for process groups to form
+        self.group_s = 0.0  # how long the last start took to form process groups (their ranks up, joined, built)
 
     def _new_group(self, spec: RoleSpec) -> WorkerGroup:
         """A group of role ``spec`` with its placement group requested and no workers yet (see start)."""
@@ -91,15 +91,15 @@ class Fleet:
         pings = {wid: w.ping.remote() for wid, w in workers}
         calls: list[ray.ObjectRef] = []
         ranks: list[WorkerId] = []
+        t0 = time.perf_counter()
         for g in self.groups:
             if g.name in joining and self.specs[g.name].process_group:  # join once all are up
                 calls += self._join_process_group(g, pings, bound)
                 ranks += [WorkerId(g.name, i) for i in range(g.size)]
-        others = [wid for wid, _ in workers if wid not in ranks]
-        t0 = time.perf_counter()
-        results = self._gather(calls + [pings[wid] for wid in others], ranks + others, bound)
+        self._gather(calls, ranks, bound)  # the other workers go on starting meanwhile
         self.group_s = time.perf_counter() - t0 if calls else 0.0
-        self._locate(others, results[len(calls):])
+        others = [wid for wid, _ in workers if wid not in ranks]
+        self._locate(others, self._gather([pings[wid] for wid in others], others, bound))
         self._reform.clear()
         return {wid.role for wid, _ in workers}
 

@@ -115,16 +115,21 @@ class Standbys:
                       role=role, **spare.info)
 
     def ready(self, roles: set[str]) -> dict[str, int]:
-        """How many standbys of each of ``roles`` answer a probe now (bounded): those recovery may use."""
-        spares = [(role, s) for role in roles & set(self.pool) for s in self.pool[role]]
-        probes = [s.handle.ping.remote() for _, s in spares]
+        """How many standbys of each of ``roles`` answer a probe now (bounded; one still starting is not
+        waited for): those recovery may use."""
+        spares = [(role, s) for role in roles & set(self.pool) for s in list(self.pool[role])]
+        for role, spare in spares:  # one that finished starting since the last step boundary counts too
+            if spare.info is None and ray.wait([spare.probe], timeout=0)[0]:
+                self._look(role, spare, spare.probe)
+        started = [(role, s) for role, s in spares if s.info is not None and s in self.pool[role]]
+        probes = [s.handle.ping.remote() for _, s in started]
         done = set(ray.wait(probes, num_returns=len(probes), timeout=PROBE_TIMEOUT_S)[0]) if probes else set()
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-        for (role, spare), probe in zip(spares, probes):
+        for (role, spare), probe in zip(started, probes):
             spare.answered = False
             if probe in done:
                 self._look(role, spare, probe)
-            spare.answered = spare.answered and spare.info is not None and spare.info["node"] in alive
+            spare.answered = spare.answered and spare.info["node"] in alive
         return {role: sum(s.answered for s in self.pool[role]) for role in roles & set(self.pool)}
 
     def take(self, role: str, count: int) -> list[Standby]:
