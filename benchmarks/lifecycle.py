@@ -115,7 +115,7 @@ def _kill_a_worker(run: DriverRun, actor_class: str, recoveries_before: int) -> 
         raise RuntimeError(f"no {actor_class} processes found under the driver")
     killed_at = time.time()
     os.kill(pids[-1], signal.SIGKILL)
-    recovered = run.wait_for("recovery", lambda r: len(r.events_named("recovered")) > recoveries_before,
-                             TIMEOUT_S)[recoveries_before]
+    recovered = run.wait_for("recovery", lambda r: r.events_named("recovered")[recoveries_before:],
+                             TIMEOUT_S)[0]
     split = recovery_split(run.events_named("failure")[recoveries_before], recovered, killed_at)
     return recovered["time"] - killed_at, float(recovered["seconds_to_next_step"]), int(recovered["step"]), split
