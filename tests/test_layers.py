@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"config", "algorithms", "models", "failures", "runlog", "trackers"},  # config: checkpoint's names
     {"run_lock", "engines", "console", "plot", "recovery", "export", "managers"},
     {"workers"},
-    {"participants", "step", "replicas"},
+    {"participants", "step", "replicas", "elastic"},
     {"coordinator"},
     {"main"},
 ]

@@ -25,8 +25,10 @@ class RoleSpec:
     worker i is built as ``cls(*args(cfg, i, size))``. ``process_group``: the workers join one
     torch.distributed group (``setup(master_addr, master_port)``) once they are all up. ``host``: the role
     whose processes host this one (runner.placement colocated): it has no workers of its own, one per host
-    worker instead, and its calls go to the host's ``hosted`` method. ``standbys(cfg)``: spare workers of
-    the role, started with the fleet, that take a lost worker's place (rayrl.workers.standby)."""
+    worker instead, and its calls go to the host's ``hosted`` method. ``minimum(cfg)``: the fewest workers
+    the role may continue with when lost resources do not come back (None: not elastic; rayrl.elastic).
+    ``standbys(cfg)``: spare workers of the role, started with the fleet, that take a lost worker's place
+    (rayrl.workers.standby)."""
 
     name: str
     cls: type
@@ -36,6 +38,7 @@ class RoleSpec:
     enabled: Callable[[Any], bool] = lambda cfg: True
     process_group: bool = False
     host: str | None = None
+    minimum: Callable[[Any], int | None] = lambda cfg: None
     standbys: Callable[[Any], int] = lambda cfg: 0
 
     def resources(self, cfg: Any) -> tuple[float, float]:
@@ -47,10 +50,10 @@ class RoleSpec:
 ROLES: tuple[RoleSpec, ...] = (
     RoleSpec(ACTOR, ActorWorker, size=lambda cfg: cfg.actor.world_size,
              args=lambda cfg, rank, size: (cfg, rank, size), process_group=True,
-             standbys=lambda cfg: cfg.runner.standby.actor),
+             minimum=lambda cfg: cfg.actor.min_world_size, standbys=lambda cfg: cfg.runner.standby.actor),
     RoleSpec(ROLLOUT, RolloutWorker, size=lambda cfg: cfg.rollout.num_workers,
              args=lambda cfg, index, size: (cfg, index), strategy="SPREAD",
-             standbys=lambda cfg: cfg.runner.standby.rollout),
+             minimum=lambda cfg: cfg.rollout.min_workers, standbys=lambda cfg: cfg.runner.standby.rollout),
     RoleSpec(REFERENCE, ReferenceWorker, size=lambda cfg: 1, args=lambda cfg, index, size: (cfg, index),
              enabled=lambda cfg: cfg.reference.enabled),
 )
@@ -63,4 +66,5 @@ def role_specs(cfg: Any) -> tuple[RoleSpec, ...]:
     if cfg.runner.placement == "split":
         return ROLES
     return tuple(replace(spec, cls=ColocatedActorWorker) if spec.name == ACTOR
-                 else replace(spec, host=ACTOR, size=lambda cfg: cfg.actor.world_size) for spec in ROLES)
+                 else replace(spec, host=ACTOR, size=lambda cfg: cfg.actor.world_size, minimum=lambda cfg: None)
+                 for spec in ROLES)
