@@ -8,15 +8,7 @@ import pytest
 import torch
 
 from rayrl.algorithms.grpo import policy_loss
-from rayrl.algorithms.off_policy import behaviour_version, importance_ratio, policy_lag
-
-
-def test_behaviour_version_sync_and_ahead():
-    assert [behaviour_version(s, 0) for s in (1, 2, 3, 4)] == [0, 1, 2, 3]
-    assert [behaviour_version(s, 1) for s in (1, 2, 3, 4)] == [0, 0, 1, 2]
-    assert [behaviour_version(s, 2) for s in (1, 2, 3, 4, 5)] == [0, 0, 0, 1, 2]
-    with pytest.raises(ValueError, match="step must be >= 1"):
-        behaviour_version(0, 1)
+from rayrl.algorithms.off_policy import importance_ratio, policy_lag
 
 
 def test_policy_lag_counts_updates_behind():

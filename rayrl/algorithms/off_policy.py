@@ -1,6 +1,6 @@
 """The off-policy side of GRPO with rollouts generated ahead of training (rollout.async_steps), as pure
-functions: which policy version generates a step's samples, how far behind the trained policy it is, and
-the importance ratio against it.
+functions: how far behind the trained policy the policy that generated a sample is, and the importance
+ratio against it.
 
 Versions count optimizer steps: version v is the policy after v training steps, so step s trains version
 s - 1. Synchronous (async_steps 0), step s samples with version s - 1 and every sample is on-policy (lag 0);
@@ -11,14 +11,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-
-def behaviour_version(step: int, async_steps: int) -> int:
-    """The policy version that generates the samples of ``step`` (1-based): ``step - 1 - async_steps``,
-    never before the initial policy (version 0: the first k + 1 steps all sample with it)."""
-    if step < 1 or async_steps < 0:
-        raise ValueError(f"step must be >= 1 and async_steps >= 0 (got {step}, {async_steps})")
-    return max(0, step - 1 - async_steps)
 
 
 def policy_lag(step: int, versions: Tensor) -> Tensor:
