@@ -23,7 +23,7 @@ from benchmarks.driver import launch
 
 NAME = "pipeline"
 STEPS, WARMUP = 12, 2
-MAX_NEW_TOKENS = 48
+MAX_NEW_TOKENS = 128
 TIMEOUT_S = 1800.0
 
 
