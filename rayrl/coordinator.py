@@ -312,7 +312,8 @@ class Coordinator:
             step += 1
             metrics = run_step(fleet, cfg, scoring, pipeline, step)
             check_finite(metrics, step)
-            metrics.update(consumed_samples=pipeline.consumed_samples)
+            metrics.update(consumed_samples=pipeline.consumed_samples, actor_world_size=fleet.actor.size,
+                           rollout_workers=fleet.rollout.size)
             self.trackers.log(self.metrics.append(metrics))
             self.recovery.step_finished(step)
             self.replicas.step_finished()
@@ -408,7 +409,7 @@ class Coordinator:
         return {
             "global_step": step, "consumed_samples": pipeline.consumed_samples, "epoch": metrics["epoch"],
             "metrics": metrics,
-            "world_sizes": {"actor": cfg.actor.world_size, "rollout": self.fleet.rollout.size},
+            "world_sizes": {"actor": self.fleet.actor.size, "rollout": self.fleet.rollout.size},
             "config": config_to_dict(cfg),
             "versions": {"rayrl": rayrl.__version__, "torch": torch.__version__, "ray": ray.__version__,
                          "python": platform.python_version()},

@@ -47,6 +47,7 @@ class Ahead:
     step: int
     items: list[dict]  # the step's prompt items, as the data stream handed them out
     epoch: int
+    indices: list[int]  # their positions in the dataset (the sample ledger)
     version: int  # the policy version (steps trained) that generates them
     refs: list[ray.ObjectRef] = field(default_factory=list)  # one generate call per rollout worker
     loads: list[ray.ObjectRef] = field(default_factory=list)  # weight loads queued on the workers before them
@@ -55,13 +56,14 @@ class Ahead:
 
     def state(self) -> dict[str, Any]:
         """As a checkpoint holds it (finished only): plain containers and tensors, for weights_only loading."""
-        return {"step": self.step, "items": self.items, "epoch": self.epoch, "version": self.version,
+        return {"step": self.step, "items": self.items, "epoch": self.epoch, "indices": self.indices,
+                "version": self.version,
                 "wait_weights_s": self.wait_weights_s,
                 "rollouts": {f.name: getattr(self.rollouts, f.name) for f in fields(Rollouts)}}
 
     @staticmethod
     def from_state(state: dict[str, Any]) -> Ahead:
-        return Ahead(state["step"], state["items"], state["epoch"], state["version"],
+        return Ahead(state["step"], state["items"], state["epoch"], state["indices"], state["version"],
                      rollouts=Rollouts(**state["rollouts"]), wait_weights_s=state["wait_weights_s"])
 
 
@@ -105,11 +107,11 @@ class RolloutPipeline:
             self._finish(self.ahead[step])
 
     def _launch(self, step: int) -> None:
-        items, epoch = self.stream.next()
+        items, epoch, indices = self.stream.next()
         rollout = self.fleet.rollout
         chunks = split_evenly(list(range(len(items))), rollout.size)
         refs = rollout.call_each("generate", [([items[i] for i in c], self.n, step, c[0] * self.n) for c in chunks])
-        self.ahead[step] = Ahead(step, items, epoch, self.version, refs, self.loads)
+        self.ahead[step] = Ahead(step, items, epoch, indices, self.version, refs, self.loads)
         self.loads = []
 
     def _finish(self, ahead: Ahead) -> None:

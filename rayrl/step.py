@@ -15,6 +15,7 @@ import torch
 
 from rayrl.algorithms.grpo import group_advantages
 from rayrl.algorithms.off_policy import policy_lag
+from rayrl.data import ledger
 from rayrl.data.scoring import Scorer
 from rayrl.engines import Rollouts
 from rayrl.pipeline import RolloutPipeline, split_evenly
@@ -56,6 +57,7 @@ def run_step(fleet: Fleet, cfg: Any, scoring: Scoring, pipeline: RolloutPipeline
     metrics = {
         "step": step,
         "epoch": taken.epoch,
+        "ledger": ledger.entry(taken.epoch, taken.indices),  # the prompts this step trained on
         "reward_mean": float(rewards.mean()),
         "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
         **named_means(scores),

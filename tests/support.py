@@ -159,6 +159,11 @@ def rewards(output_dir: Path) -> list[tuple[int, float]]:
     return [(m["step"], m["reward_mean"]) for m in read_metrics(output_dir)]
 
 
+def ledger(output_dir: Path) -> list[tuple[int, dict]]:
+    """The sample ledger of a run: (step, {"epoch", "indices"}) per metrics line."""
+    return [(m["step"], m["ledger"]) for m in read_metrics(output_dir)]
+
+
 def actor_weights(step_dir: Path) -> dict[str, torch.Tensor]:
     """The model tensors of a checkpoint, read with torch's own DCP converter (as an outside tool would)."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save

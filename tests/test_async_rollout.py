@@ -13,12 +13,13 @@ import torch
 
 from rayrl.checkpoint.format import DATA_DIR, ROLLOUTS_AHEAD_FILE, step_dir_name
 from rayrl.config import ConfigError, load_config
+from rayrl.data.ledger import audit
 from rayrl.data.loader import BatchStream
 from rayrl.engines import Rollouts
 from rayrl.participants import DataPart
 from rayrl.pipeline import Ahead, RolloutPipeline
 from tests.support import (
-    assert_same_weights, checkpoints_dir, events_named, final_weights, kill_session, output_of, pid_busy_in,
+    assert_same_weights, checkpoints_dir, events_named, final_weights, kill_session, ledger, output_of, pid_busy_in,
     read_metrics, rewards, run_rayrl, spawn_rayrl, tracker_step, uninterrupted_run, wait_running,
 )
 
@@ -50,15 +51,16 @@ def test_checkpoint_holds_the_rollouts_ahead_with_the_loader_position(tmp_path):
     cfg = load_config(None, ["rollout.async_steps=1"])
     dataset = [{"prompt": f"p{i}", "answer": str(i)} for i in range(12)]
     saved = RolloutPipeline(None, cfg, BatchStream(dataset, 3, seed=5))
-    items, epoch = saved.stream.next()
-    saved.ahead[4] = Ahead(4, items, epoch, version=2, rollouts=_rollouts(6, 5), wait_weights_s=0.25)
+    items, epoch, indices = saved.stream.next()
+    saved.ahead[4] = Ahead(4, items, epoch, indices, version=2, rollouts=_rollouts(6, 5), wait_weights_s=0.25)
     DataPart(saved, {}).save(str(tmp_path / "a"), async_save=False)
     assert (tmp_path / "a" / ROLLOUTS_AHEAD_FILE).is_file()
     loaded = RolloutPipeline(None, cfg, BatchStream(dataset, 3, seed=0))
     DataPart(loaded, {}).load(str(tmp_path / "a"))
     assert loaded.stream.next() == saved.stream.next()
     (got,) = loaded.ahead.values()
-    assert (got.step, got.items, got.epoch, got.version, got.wait_weights_s) == (4, items, epoch, 2, 0.25)
+    assert (got.step, got.items, got.epoch, got.indices, got.version, got.wait_weights_s) == (
+        4, items, epoch, indices, 2, 0.25)
     for name in ("prompt_ids", "response_ids", "logprobs"):
         assert torch.equal(getattr(got.rollouts, name), getattr(saved.ahead[4].rollouts, name))
     assert got.rollouts.scores == saved.ahead[4].rollouts.scores and loaded.consumed_samples == 3
@@ -73,7 +75,7 @@ def test_checkpoint_holds_the_rollouts_ahead_with_the_loader_position(tmp_path):
 def test_rollouts_still_generating_cannot_be_saved():
     cfg = load_config(None, ["rollout.async_steps=1"])
     pipeline = RolloutPipeline(None, cfg, BatchStream([{"prompt": "p"}] * 4, 2, seed=0))
-    pipeline.ahead[2] = Ahead(2, [], 0, 0)
+    pipeline.ahead[2] = Ahead(2, [], 0, [], 0)
     with pytest.raises(RuntimeError, match=r"steps \[2\] are still being generated"):
         pipeline.state_dict()
 
@@ -85,7 +87,9 @@ def test_async_run_killed_and_recovered_is_bit_exact(tmp_path_factory, tmp_path)
     copy in memory) and the run goes on; then the whole session is SIGKILLed while an actor rank writes the
     checkpoint of step 4 or later. Start 2 (same command) resumes and is SIGKILLed whole as soon as a generation runs.
     Start 3 finishes. Weights and per-step rewards equal the uninterrupted run's bit for bit; each step's
-    samples were made by the policy one update behind (lag 1 from step 2 on); each checkpoint holds the
+    samples were made by the policy one update behind (lag 1 from step 2 on); the sample ledger shows
+    every prompt used once, step by step the same as the uninterrupted run's (8 steps of 4 prompts over an
+    epoch of 6 batches: the buffer ahead crosses the epoch boundary); each checkpoint holds the
     finished rollouts of the step after it, made by the weights of the step before it."""
     reference = uninterrupted_run(tmp_path_factory, *ASYNC)
     proc = spawn_rayrl(tmp_path, *ASYNC)
@@ -117,6 +121,7 @@ def test_async_run_killed_and_recovered_is_bit_exact(tmp_path_factory, tmp_path)
     assert rewards(tmp_path) == rewards(reference)
     assert_same_weights(final_weights(tmp_path, 8), final_weights(reference, 8))
     metrics = read_metrics(tmp_path)
+    assert audit(metrics, 24, 4) == [] and ledger(tmp_path) == ledger(reference)  # every prompt once
     assert [(m["step"], m["policy_lag_max"]) for m in metrics] == [(s, min(s - 1, 1)) for s in range(1, 9)]
     for step in (2, 4, 6):
         (ahead,) = torch.load(checkpoints_dir(tmp_path) / step_dir_name(step) / DATA_DIR / ROLLOUTS_AHEAD_FILE,

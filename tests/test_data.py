@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from rayrl.data.ledger import audit, entry
 from rayrl.data.loader import BatchStream, make_dataloader
 from rayrl.data.rewards import cyclic_match, extract_final_number, math_exact_match
 from rayrl.data.tasks import get_task, run_reward_specs
@@ -175,7 +176,7 @@ def _ids(batch):
 
 
 def _take(stream, n):
-    return [(_ids(b), e) for b, e in (stream.next() for _ in range(n))]
+    return [(_ids(b.items), b.epoch) for b in (stream.next() for _ in range(n))]
 
 
 def test_loader_shuffles_seeded_and_drops_last():
@@ -194,6 +195,30 @@ def test_stream_counts_epochs_and_reshuffles():
     assert [e for _, e in got] == [0, 0, 0, 1, 1, 1, 2]
     assert [ids for ids, _ in got[:3]] != [ids for ids, _ in got[3:6]]
     assert len({i for ids, _ in got[:3] for i in ids}) == 9  # no repeats within an epoch
+
+
+def test_batches_know_the_dataset_positions_of_their_prompts():
+    stream = BatchStream(DATASET, 3, seed=0)
+    for _ in range(7):
+        batch = stream.next()
+        assert batch.items == [DATASET[i] for i in batch.indices]
+
+
+def _lines(stream, steps):
+    return [{"step": s, "ledger": entry(b.epoch, b.indices)} for s, b in
+            ((s, stream.next()) for s in range(1, steps + 1))]
+
+
+def test_ledger_audit_passes_a_stream_and_names_each_kind_of_loss():
+    good = _lines(BatchStream(DATASET, 3, seed=0), 7)  # 3 batches per epoch: epochs 0, 1 and one of 2
+    assert audit(good, dataset_size=10, batch_size=3) == []
+    repeated = good[:2] + [{**good[2], "ledger": good[1]["ledger"]}] + good[3:]
+    assert any("already used at step 2" in p for p in audit(repeated, 10, 3))
+    skipped = [{**line, "step": i + 1} for i, line in enumerate(good[:2] + good[3:])]  # a batch never trained
+    assert audit(skipped, 10, 3) == ["epoch 0 ended after 2 batches, not 3"]
+    redone = good[:4] + good[3:]  # step 4 twice, as a resume that redid a step would write
+    assert any("not 1..8 once each" in p for p in audit(redone, 10, 3))
+    assert audit([{"step": 1}], 10, 3) == ["step 1: no ledger"]
 
 
 def test_stream_does_not_touch_global_rng():

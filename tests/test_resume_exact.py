@@ -3,9 +3,10 @@ again with the same command ends with the same weights and per-step rewards as a
 
 from __future__ import annotations
 
+from rayrl.data.ledger import audit
 from tests.support import (
-    RESUME_STEPS, assert_same_weights, events_named, final_weights, kill_session, output_of, rewards, run_rayrl,
-    spawn_rayrl, tracker_step, uninterrupted_run, wait_until,
+    RESUME_STEPS, assert_same_weights, events_named, final_weights, kill_session, ledger, output_of, read_metrics,
+    rewards, run_rayrl, spawn_rayrl, tracker_step, uninterrupted_run, wait_until,
 )
 
 SYNC = "runner.checkpoint.async_save=false"
@@ -41,4 +42,7 @@ def test_sigkill_then_same_command_is_bit_exact(tmp_path_factory, tmp_path):
     assert "Resumed from" in resumed.stdout
     assert [e["step"] for e in events_named(tmp_path, "resumed")] == [2, 4]
     assert rewards(tmp_path) == rewards(reference)  # each step once, same values
+    assert audit(read_metrics(tmp_path), dataset_size=16, batch_size=4) == []  # RESUME_STEPS: epochs of 4 steps
+    assert ledger(tmp_path) == ledger(reference)  # the same prompts at every step
+    assert {(m["actor_world_size"], m["rollout_workers"]) for m in read_metrics(tmp_path)} == {(2, 1)}
     assert_same_weights(final_weights(tmp_path, 6), final_weights(reference, 6))

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import RandomSampler
 
 
-def _as_list(items: list[dict]) -> list[dict]:
-    """Collate: a batch is just the list of item dicts (they are strings, not tensors)."""
+def _as_list(items: list) -> list:
+    """Collate: a batch is just the list of its elements (item dicts or dataset positions)."""
     return list(items)
 
 
-def make_dataloader(dataset: list[dict], batch_size: int, seed: int) -> StatefulDataLoader:
+class Batch(NamedTuple):
+    """One step's prompts, the epoch they belong to and their positions in the dataset (the sample ledger)."""
+
+    items: list[dict]
+    epoch: int
+    indices: list[int]
+
+
+def make_dataloader(dataset: list, batch_size: int, seed: int) -> StatefulDataLoader:
     """Shuffled, drop_last, single-process loader whose state_dict() captures position and sampler RNG.
 
     The sampler gets its own seeded generator and the loader a separate throwaway one. Sharing one (what
@@ -45,31 +53,33 @@ def make_dataloader(dataset: list[dict], batch_size: int, seed: int) -> Stateful
 class BatchStream:
     """An endless stream of batches that rolls over epochs and resumes exactly where it was saved.
 
-    next() -> (batch, epoch). state_dict() holds plain ints and the loader's state (ints, bools, a uint8
+    next() -> Batch(items, epoch, indices). The loader shuffles dataset positions, so every batch knows which
+    prompts it holds (its ledger entry); the loader's state depends only on the dataset's size. state_dict() holds plain ints and the loader's state (ints, bools, a uint8
     RNG tensor), so torch.save / torch.load(weights_only=True) round-trip it. A stream restored from a
     state saved after the last batch of an epoch continues with the first batch of the next epoch, shuffled
     exactly as an uninterrupted stream would shuffle it.
     """
 
     def __init__(self, dataset: list[dict], batch_size: int, seed: int) -> None:
-        self._loader = make_dataloader(dataset, batch_size, seed)
+        self._dataset = dataset
+        self._loader = make_dataloader(range(len(dataset)), batch_size, seed)
         self._dataset_size = len(dataset)
         self._batch_size = batch_size
         self._iter: Any = None
         self.epoch = 0
         self.consumed_samples = 0
 
-    def next(self) -> tuple[list[dict], int]:
+    def next(self) -> Batch:
         if self._iter is None:
             self._iter = iter(self._loader)
         try:
-            batch = next(self._iter)
+            indices = next(self._iter)
         except StopIteration:
             self.epoch += 1
             self._iter = iter(self._loader)
-            batch = next(self._iter)  # never empty: the dataset holds at least one batch
-        self.consumed_samples += len(batch)
-        return batch, self.epoch
+            indices = next(self._iter)  # never empty: the dataset holds at least one batch
+        self.consumed_samples += len(indices)
+        return Batch([self._dataset[i] for i in indices], self.epoch, [int(i) for i in indices])
 
     def state_dict(self) -> dict[str, Any]:
         return {
