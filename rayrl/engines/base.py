@@ -65,7 +65,8 @@ class GenerationEngine(Protocol):
 
     def logprobs(self, rollouts: Rollouts) -> torch.Tensor:
         """[N, R] the log-probs the engine's current policy gives the response tokens of ``rollouts`` (the
-        behaviour policy's, for the off-policy ratio when rollouts run ahead of training)."""
+        behaviour policy's, for the off-policy ratio when rollouts run ahead of training). Only engines that
+        rollout.async_steps > 0 accepts have it (the config refuses the others)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything sampling depends on besides the weights (RNG state)."""
