@@ -19,7 +19,6 @@ next is what an uninterrupted run generates.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -79,16 +78,15 @@ class RolloutPipeline:
         self.ahead: dict[int, Ahead] = {}
         self.loads: list[ray.ObjectRef] = []  # weight loads sent since the last launch
 
-    def take(self, step: int) -> tuple[Ahead, float]:
-        """The finished rollouts of ``step`` and how long training waited for them, after launching the
-        generation of every step up to ``step + k`` not launched yet (and not past runner.max_steps)."""
+    def take(self, step: int) -> Ahead:
+        """The finished rollouts of ``step`` (waiting for them), after launching the generation of every
+        step up to ``step + k`` not launched yet (and not past runner.max_steps)."""
         for s in range(step, min(step + self.k, self.max_steps) + 1):
             if s not in self.ahead:
                 self._launch(s)
         ahead = self.ahead.pop(step)
-        t0 = time.perf_counter()
         self._finish(ahead)
-        return ahead, time.perf_counter() - t0
+        return ahead
 
     @property
     def consumed_samples(self) -> int:

@@ -30,7 +30,7 @@ def run_step(fleet: Fleet, cfg: Any, scoring: Scoring, pipeline: RolloutPipeline
     """Run step ``step`` on the rollouts ``pipeline`` has for it; returns its metrics."""
     start = time.perf_counter()
     n = cfg.rollout.n_samples_per_prompt
-    taken, _ = pipeline.take(step)
+    taken = pipeline.take(step)
     items, rollouts = taken.items, taken.rollouts
     t_gen = time.perf_counter() - start
 
