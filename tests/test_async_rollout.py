@@ -1,7 +1,7 @@
 """Rollouts ahead of training (rollout.async_steps): the config rules, the checkpoint of what is ahead, and
-one end-to-end scenario: an async_steps=1 run that loses a rollout worker mid-generation (recovered in-job),
-then is SIGKILLed whole mid-save and mid-generation and started again with the same command each time, ends
-bit-identical to an uninterrupted async_steps=1 run."""
+one end-to-end scenario: an async_steps=1 run that loses a rollout worker mid-generation and an actor rank
+mid-training (each recovered in-job), and is SIGKILLed whole mid-save and mid-generation and started again
+with the same command each time, ends bit-identical to an uninterrupted async_steps=1 run."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from tests.support import (
     read_metrics, rewards, run_rayrl, spawn_rayrl, tracker_step, uninterrupted_run, wait_running,
 )
 
-ASYNC = ("rollout.async_steps=1", "runner.max_steps=8", "runner.save_interval=2", "data.num_samples=24",
+STEPS = 10
+ASYNC = ("rollout.async_steps=1", f"runner.max_steps={STEPS}", "runner.save_interval=2", "data.num_samples=24",
          "runner.checkpoint.async_save=false", "runner.checkpoint.memory_replicas=1")
 
 
@@ -83,14 +84,15 @@ def test_rollouts_still_generating_cannot_be_saved():
 @pytest.mark.slow
 def test_async_run_killed_and_recovered_is_bit_exact(tmp_path_factory, tmp_path):
     """Start 1: after the checkpoint of step 2, a rollout worker is SIGKILLed mid-generation (generating
-    ahead while a step trains): the rollout group alone is replaced, everything reloads step 2 (from its
-    copy in memory) and the run goes on; then the whole session is SIGKILLed while an actor rank writes the
-    checkpoint of step 4 or later. Start 2 (same command) resumes and is SIGKILLed whole as soon as a generation runs.
-    Start 3 finishes. Weights and per-step rewards equal the uninterrupted run's bit for bit; each step's
-    samples were made by the policy one update behind (lag 1 from step 2 on); the sample ledger shows
-    every prompt used once, step by step the same as the uninterrupted run's (8 steps of 4 prompts over an
-    epoch of 6 batches: the buffer ahead crosses the epoch boundary); each checkpoint holds the
-    finished rollouts of the step after it, made by the weights of the step before it."""
+    ahead while a step trains): the rollout group alone is replaced, everything reloads the newest step
+    (from its copy in memory) and the run goes on; then the whole session is SIGKILLed while an actor rank
+    writes the next checkpoint. Start 2 (same command) resumes; an actor rank is SIGKILLed mid-training (the
+    actor group alone is replaced; the rollouts ahead come back from the checkpoint), then the whole session
+    as soon as a generation runs. Start 3 finishes. Weights and per-step rewards equal the uninterrupted
+    run's bit for bit; each step's samples were made by the policy one update behind (lag 1 from step 2 on);
+    the sample ledger shows every prompt used once, step by step the same as the uninterrupted run's (10
+    steps of 4 prompts, epochs of 6 batches: the buffer ahead crosses an epoch boundary); each checkpoint
+    holds the finished rollouts of the step after it, made by the weights of the step before it."""
     reference = uninterrupted_run(tmp_path_factory, *ASYNC)
     proc = spawn_rayrl(tmp_path, *ASYNC)
     try:
@@ -104,26 +106,30 @@ def test_async_run_killed_and_recovered_is_bit_exact(tmp_path_factory, tmp_path)
     assert failure["what"] == "rollout[0]" and failure["replaced"] == ["rollout"], failure
     (recovered,) = events_named(tmp_path, "recovered")
     assert recovered["resumed_from"] >= 2 and recovered["source"] == "memory", recovered
-    assert (tracker_step(tmp_path) or 0) < 8, output_of(proc)[-3000:]
+    assert (tracker_step(tmp_path) or 0) < STEPS, output_of(proc)[-3000:]
 
     resumes = len(events_named(tmp_path, "resumed"))
     proc = spawn_rayrl(tmp_path, *ASYNC)
     try:
         wait_running(proc, lambda: len(events_named(tmp_path, "resumed")) > resumes, 240, "the resume")
+        os.kill(pid_busy_in(proc.pid, "ray::ActorWorker.train_step", timeout=120), signal.SIGKILL)
+        wait_running(proc, lambda: len(events_named(tmp_path, "recovered")) > 1, 240, "the second in-job recovery")
         os.kill(pid_busy_in(proc.pid, "ray::RolloutWorker.generate", timeout=120), signal.SIGKILL)
     finally:
         kill_session(proc)
-    assert (tracker_step(tmp_path) or 0) < 8, output_of(proc)[-3000:]
+    actor_lost = events_named(tmp_path, "failure")[-1]
+    assert actor_lost["what"].startswith("actor[") and actor_lost["replaced"] == ["actor"], actor_lost
+    assert (tracker_step(tmp_path) or 0) < STEPS, output_of(proc)[-3000:]
 
     final = run_rayrl(tmp_path, *ASYNC, timeout=300)
     assert final.returncode == 0, final.stdout[-3000:]
-    assert len(events_named(tmp_path, "resumed")) >= 3, final.stdout[-3000:]  # in-job, start 2, start 3
+    assert len(events_named(tmp_path, "resumed")) >= 4, final.stdout[-3000:]  # two in-job, starts 2 and 3
     assert rewards(tmp_path) == rewards(reference)
-    assert_same_weights(final_weights(tmp_path, 8), final_weights(reference, 8))
+    assert_same_weights(final_weights(tmp_path, STEPS), final_weights(reference, STEPS))
     metrics = read_metrics(tmp_path)
     assert audit(metrics, 24, 4) == [] and ledger(tmp_path) == ledger(reference)  # every prompt once
-    assert [(m["step"], m["policy_lag_max"]) for m in metrics] == [(s, min(s - 1, 1)) for s in range(1, 9)]
-    for step in (2, 4, 6):
+    assert [(m["step"], m["policy_lag_max"]) for m in metrics] == [(s, min(s - 1, 1)) for s in range(1, STEPS + 1)]
+    for step in range(2, STEPS, 2):
         (ahead,) = torch.load(checkpoints_dir(tmp_path) / step_dir_name(step) / DATA_DIR / ROLLOUTS_AHEAD_FILE,
                               weights_only=True)
         assert (ahead["step"], ahead["version"]) == (step + 1, step - 1), ahead
