@@ -32,6 +32,7 @@ from rayrl.checkpoint.storage import storage_for
 from rayrl.checkpoint.storage_check import remove_marker, write_marker
 from rayrl.config import ConfigError, checkpoint_dir, config_changes, config_to_dict
 from rayrl.data.tasks import get_task, run_reward_specs
+from rayrl.elastic import Elastic
 from rayrl.failures import InfraFailure, WorkerId, check_finite
 from rayrl.managers import build_manager, resolve_manager
 from rayrl.recovery import Recovery, RunFailed
@@ -90,6 +91,7 @@ class Coordinator:
         _log_to(self.events)
         self.recovery = Recovery(self.events, cfg.runner.max_restarts, cfg.runner.restart_backoff_s)
         self.replicas = MemoryReplicas(cfg.runner.checkpoint, self.events)
+        self.elastic = Elastic(cfg, self.events)
         self.relaunch = relaunch
         self.fleet: Fleet | None = None
         self.stop_reason: str | None = None  # set by a preemption notice to this process or the driver
@@ -131,10 +133,17 @@ class Coordinator:
                     self._recover(failure)
                     failure, restarted = None, True
                     memory = self.replicas.usable(self.manager.list_steps)
+                    if memory is not None and memory.trainer_state["world_sizes"] != self.elastic.world_sizes():
+                        memory = None  # a copy of another size (before a resize): storage reshards it
                 start_dir = None if memory is not None else self._start_point(restarted)
                 if start_dir is None and memory is None:  # nothing to load into kept workers: they restart too
                     self._teardown()
-                return self._train(start_dir, memory)
+                outcome = self._train(start_dir, memory)
+                if outcome["status"] != "grow":
+                    return outcome
+                self.elastic.grow(outcome["roles"], outcome["final_step"])  # from the step just saved
+                self.fleet.resize(self.elastic.sizes)
+                restarted = True
             except InfraFailure as err:
                 failure = err
             except RunFailed:
@@ -161,7 +170,8 @@ class Coordinator:
     def _recover(self, failure: InfraFailure) -> None:
         """The one place that decides what an infrastructure failure costs: which groups to replace (the
         others are kept and reloaded), the restart budget (a failure found while recovering from another
-        is the same incident: see Recovery.failed) and the backoff. The checkpoint to resume from is chosen
+        is the same incident: see Recovery.failed), the backoff and, for an elastic group whose resources did
+        not come back, the smaller size it continues at (rayrl.elastic). The checkpoint to resume from is chosen
         next, by ``_start_point``, as at any start."""
         try:
             where = self.fleet.location(failure.workers) if self.fleet is not None else {}
@@ -171,6 +181,8 @@ class Coordinator:
         replaced = self._release_failed(failure)
         delay = self.recovery.failed(failure.what, failure.cause, failure.node or where.get("node"),
                                      where.get("pid"), preemption=failure.preemption, replaced=replaced)
+        if self.elastic.shrink(failure, max(self.manager.list_steps(), default=0)) and self.fleet is not None:
+            self.fleet.resize(self.elastic.sizes)
         time.sleep(delay)
 
     def _storage(self, path: str) -> Any:
@@ -278,7 +290,9 @@ class Coordinator:
                              f"runner.max_steps={runner.max_steps}", step=step, path=start_dir)
             return {"status": "done", "final_step": step}
         if self.fleet is None:
-            self.fleet = Fleet(cfg, owner=self.actor_id)
+            if self.restarted or self.relaunch is not None:
+                self.elastic.resume(step)
+            self.fleet = Fleet(cfg, owner=self.actor_id, sizes=self.elastic.sizes)
         fleet = self.fleet
         t0 = time.perf_counter()
         new_roles = fleet.start(report=lambda message: self.events.emit("waiting_for_resources", message))
@@ -321,7 +335,9 @@ class Coordinator:
             self.replicas.promote(self.manager.list_steps)
             notices = fleet.preemption_notices() if runner.save_on_preemption else []
             stopping = self.stop_reason is not None or bool(notices)
-            if step % (runner.save_interval or runner.max_steps + 1) == 0 or step == runner.max_steps or stopping:
+            growing = self.elastic.growable() if step < runner.max_steps and not stopping else []
+            if (step % (runner.save_interval or runner.max_steps + 1) == 0 or step == runner.max_steps or stopping
+                    or growing):
                 t0 = time.perf_counter()
                 exporting = export_every and step % export_every == 0
                 pipeline.settle()  # a checkpoint holds finished rollouts only
@@ -335,6 +351,9 @@ class Coordinator:
                 self.manager.wait()
                 self._on_notice(step, notices)
                 return {"status": "preempted", "final_step": step}
+            if growing:  # rebuilt at full size from the step just saved (rayrl.elastic)
+                self.manager.wait()
+                return {"status": "grow", "final_step": step, "roles": growing}
         self.manager.wait()
         self._teardown()
         return {"status": "done", "final_step": step}

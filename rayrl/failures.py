@@ -72,6 +72,11 @@ class InfraFailure(WorkerLost):
         return type(self), (self.workers, self.cause, self.node, self.preemption, self.node_lost)
 
 
+class ResourcesUnavailable(InfraFailure):
+    """A group's resources were not available within runner.resource_wait_s (its workers are a role's
+    group): a failed recovery, or, for an elastic group, the moment to continue smaller (rayrl.elastic)."""
+
+
 class ProgramError(Exception):
     """An exception raised by rayrl's or the user's code: stop, do not retry."""
 

@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"run_lock", "engines", "console", "plot", "recovery", "export", "managers"},
     {"workers"},
     {"pipeline"},
-    {"participants", "step", "replicas"},
+    {"participants", "step", "replicas", "elastic"},
     {"coordinator"},
     {"main"},
 ]

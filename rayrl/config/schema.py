@@ -150,6 +150,7 @@ class ActorConfig:
     """The policy being trained: `world_size` ranks in one torch.distributed group (FSDP2)."""
 
     world_size: int = _field(2, _ge(1))  # ranks of the policy
+    min_world_size: Optional[int] = _field(None, _ge(1))  # elastic: continue on >= this many when a node stays lost
     num_cpus_per_worker: float = _field(1.0, _gt(0))  # Ray CPUs per rank
     num_gpus_per_worker: float = _field(0.0, _RANK_GPUS)  # Ray GPUs per rank, 0 or whole; > 0: CUDA + nccl
     micro_batch_size: int = _field(0, _ge(0))  # sequences per forward; 0 = the whole local batch at once
@@ -164,6 +165,7 @@ class RolloutConfig:
 
     backend: str = _field("hf", _one_of("hf", "vllm"))  # hf: transformers generate; vllm: the vllm extra
     num_workers: int = _field(1, _ge(1))  # generation engines
+    min_workers: Optional[int] = _field(None, _ge(1))  # elastic: continue with >= this many when a node stays lost
     num_cpus_per_worker: float = _field(1.0, _ge(0))  # Ray CPUs per engine
     num_gpus_per_worker: float = _field(0.0, _WORKER_GPUS)  # Ray GPUs per engine: <= 1 (shared) or whole
     tensor_parallel_size: int = _field(1, _ge(1))  # vllm tensor parallelism inside one engine
@@ -258,6 +260,7 @@ def validate(cfg: RayRLConfig) -> None:
                           f"or some ranks get no sample (got {cfg.actor.world_size})")
     _check_colocated(cfg)
     _check_async(cfg)
+    _check_elastic(cfg)
     model = cfg.actor.model
     if cfg.actor.mixed_precision and model.dtype != "float32":
         raise ConfigError(f"actor.mixed_precision: needs actor.model.dtype float32 for the master weights "
@@ -296,6 +299,18 @@ def _check_async(cfg: RayRLConfig) -> None:
     if cfg.rollout.backend != "hf":
         raise ConfigError("rollout.async_steps: needs rollout.backend=hf (the engine gives the behaviour "
                           f"log-probs of what it generated); got {cfg.rollout.backend}")
+
+
+def _check_elastic(cfg: RayRLConfig) -> None:
+    """An elastic minimum is at most the configured size; colocated engines follow the actor's size."""
+    for key, minimum, size, size_key in (
+            ("actor.min_world_size", cfg.actor.min_world_size, cfg.actor.world_size, "actor.world_size"),
+            ("rollout.min_workers", cfg.rollout.min_workers, cfg.rollout.num_workers, "rollout.num_workers")):
+        if minimum is not None and minimum > size:
+            raise ConfigError(f"{key}: must be <= {size_key} (got {minimum} > {size})")
+    if cfg.runner.placement == "colocated" and cfg.rollout.min_workers is not None:
+        raise ConfigError("rollout.min_workers: must be null with runner.placement=colocated: the engines live in "
+                          "the actor ranks and shrink with them (actor.min_world_size)")
 
 
 def check_fields(node: Any, prefix: str) -> None:

@@ -23,17 +23,19 @@ PROBE_TIMEOUT_S = 3.0
 class Fleet:
     """Owns every worker of a run; the coordinator talks to workers only through this."""
 
-    def __init__(self, cfg: Any, owner: str = "") -> None:
-        """``owner``: the coordinator's actor id, which tags the placement groups (group.remove_leftovers)."""
+    def __init__(self, cfg: Any, owner: str = "", sizes: dict[str, int] | None = None) -> None:
+        """``owner``: the coordinator's actor id, which tags the placement groups (group.remove_leftovers);
+        ``sizes``: workers per role where not the configured number (an elastic run below its size)."""
         self.cfg, self.owner = cfg, owner
         self.specs = {spec.name: spec for spec in role_specs(cfg) if spec.enabled(cfg)}
+        self.sizes = {name: spec.size(cfg) for name, spec in self.specs.items()} | (sizes or {})
         self._groups = {name: self._new_group(spec) for name, spec in self.specs.items() if spec.host is None}
         self.where: dict[WorkerId, dict[str, Any]] = {}  # worker -> {"node", "pid"}, from the start-up pings
 
     def _new_group(self, spec: RoleSpec) -> WorkerGroup:
         """A group of role ``spec`` with its placement group requested and no workers yet (see start)."""
         cpus, gpus = spec.resources(self.cfg)
-        return WorkerGroup(spec.name, spec.cls, spec.size(self.cfg), cpus, gpus, spec.strategy, owner=self.owner)
+        return WorkerGroup(spec.name, spec.cls, self.sizes[spec.name], cpus, gpus, spec.strategy, owner=self.owner)
 
     @property
     def groups(self) -> list[WorkerGroup]:
@@ -130,6 +132,12 @@ class Fleet:
             self._groups[name].kill()
             self._groups[name] = self._new_group(self.specs[name])
         self.where = {w: info for w, info in self.where.items() if w.role not in names}
+
+    def resize(self, sizes: dict[str, int]) -> None:
+        """Replace each group whose size ``sizes`` changes with a new, empty one of that size."""
+        changed = {name for name, size in sizes.items() if name in self._groups and self._groups[name].size != size}
+        self.sizes.update(sizes)
+        self.replace(changed)
 
     def _locate(self, workers: list[WorkerId], pings: list[dict[str, Any]]) -> None:
         self.where.update({w: {"node": p["node"], "pid": p["pid"]} for w, p in zip(workers, pings)})

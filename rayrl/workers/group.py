@@ -11,7 +11,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rayrl.failures import InfraFailure, WorkerId
+from rayrl.failures import ResourcesUnavailable, WorkerId
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class WorkerGroup:
         while not ray.wait([ready_ref], timeout=1.0)[0]:
             now = time.monotonic()
             if now - start >= timeout_s:
-                raise InfraFailure(WorkerId(self.name), f"resources {self.size} x {self.bundle} not available within "
+                raise ResourcesUnavailable(WorkerId(self.name), f"resources {self.size} x {self.bundle} not available within "
                                    f"runner.resource_wait_s={timeout_s:g} s (free: {_free()})")
             if now >= next_report:
                 report(f"waiting for resources for {self.name}: {self.size} x {self.bundle} "

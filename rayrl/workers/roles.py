@@ -25,7 +25,8 @@ class RoleSpec:
     worker i is built as ``cls(*args(cfg, i, size))``. ``process_group``: the workers join one
     torch.distributed group (``setup(master_addr, master_port)``) once they are all up. ``host``: the role
     whose processes host this one (runner.placement colocated): it has no workers of its own, one per host
-    worker instead, and its calls go to the host's ``hosted`` method."""
+    worker instead, and its calls go to the host's ``hosted`` method. ``minimum(cfg)``: the fewest workers
+    the role may continue with when lost resources do not come back (None: not elastic; rayrl.elastic)."""
 
     name: str
     cls: type
@@ -35,6 +36,7 @@ class RoleSpec:
     enabled: Callable[[Any], bool] = lambda cfg: True
     process_group: bool = False
     host: str | None = None
+    minimum: Callable[[Any], int | None] = lambda cfg: None
 
     def resources(self, cfg: Any) -> tuple[float, float]:
         """CPUs and GPUs that each worker of this role reserves."""
@@ -44,9 +46,11 @@ class RoleSpec:
 
 ROLES: tuple[RoleSpec, ...] = (
     RoleSpec(ACTOR, ActorWorker, size=lambda cfg: cfg.actor.world_size,
-             args=lambda cfg, rank, size: (cfg, rank, size), process_group=True),
+             args=lambda cfg, rank, size: (cfg, rank, size), process_group=True,
+             minimum=lambda cfg: cfg.actor.min_world_size),
     RoleSpec(ROLLOUT, RolloutWorker, size=lambda cfg: cfg.rollout.num_workers,
-             args=lambda cfg, index, size: (cfg, index), strategy="SPREAD"),
+             args=lambda cfg, index, size: (cfg, index), strategy="SPREAD",
+             minimum=lambda cfg: cfg.rollout.min_workers),
     RoleSpec(REFERENCE, ReferenceWorker, size=lambda cfg: 1, args=lambda cfg, index, size: (cfg, index),
              enabled=lambda cfg: cfg.reference.enabled),
 )
@@ -59,4 +63,5 @@ def role_specs(cfg: Any) -> tuple[RoleSpec, ...]:
     if cfg.runner.placement == "split":
         return ROLES
     return tuple(replace(spec, cls=ColocatedActorWorker) if spec.name == ACTOR
-                 else replace(spec, host=ACTOR, size=lambda cfg: cfg.actor.world_size) for spec in ROLES)
+                 else replace(spec, host=ACTOR, size=lambda cfg: cfg.actor.world_size, minimum=lambda cfg: None)
+                 for spec in ROLES)
