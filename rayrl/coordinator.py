@@ -43,7 +43,7 @@ from rayrl.trackers import Trackers, resolve
 from rayrl.workers.group import remove_leftovers
 
 if TYPE_CHECKING:
-    from rayrl.data.loader import BatchStream
+    from rayrl.pipeline import RolloutPipeline
     from rayrl.workers.fleet import Fleet
 
 log = logging.getLogger(__name__)
@@ -275,9 +275,9 @@ class Coordinator:
     def _train(self, start_dir: str | None, memory: MemoryStep | None = None) -> dict[str, Any]:
         """Train from ``start_dir`` (storage), ``memory`` (the newest step's copy in memory) or, with
         neither, from scratch."""
-        from rayrl.data import ledger
         from rayrl.data.loader import BatchStream
         from rayrl.participants import ActorPart, DataPart, HFExportPart, RolloutPart
+        from rayrl.pipeline import RolloutPipeline
         from rayrl.step import Scoring, run_step, sync_weights
         from rayrl.workers.fleet import Fleet
 
@@ -300,16 +300,17 @@ class Coordinator:
         new_roles = fleet.start(report=lambda message: self.events.emit("waiting_for_resources", message))
         start_s = time.perf_counter() - t0  # resources, worker processes (imports), process group
         self._check_storage(fleet, new_roles)
-        stream = BatchStream(self.dataset, cfg.data.batch_size, runner.seed)
-        parts = [ActorPart(fleet), RolloutPart(fleet), DataPart(stream, cfg.runner.checkpoint.storage_options)]
+        pipeline = RolloutPipeline(fleet, cfg, BatchStream(self.dataset, cfg.data.batch_size, runner.seed))
+        parts = [ActorPart(fleet), RolloutPart(fleet), DataPart(pipeline, cfg.runner.checkpoint.storage_options)]
         export, export_every = HFExportPart(fleet), cfg.runner.checkpoint.export_hf_every
         if start_dir is not None or memory is not None:
             t0 = time.perf_counter()
-            state, start_dir, where = self._load(start_dir, memory, parts, stream)
+            state, start_dir, where = self._load(start_dir, memory, parts, pipeline)
             load_s = time.perf_counter() - t0  # every role restored; the weight sync after it is not loading
             step = int(state["global_step"])
             t0 = time.perf_counter()
             sync_weights(fleet)
+            pipeline.weights_sent(step, [])
             sync_s = time.perf_counter() - t0
             source = "storage" if start_dir is not None else "memory"
             times = {"start_s": start_s, "group_s": fleet.group_s, "load_s": load_s, "sync_s": sync_s}
@@ -326,12 +327,10 @@ class Coordinator:
         scoring = Scoring(cfg, self.reward_specs)
         while step < runner.max_steps:
             step += 1
-            batch = stream.next()
-            metrics = run_step(fleet, cfg, scoring, batch.items, step)
+            metrics = run_step(fleet, cfg, scoring, pipeline, step)
             check_finite(metrics, step)
-            metrics.update(epoch=batch.epoch, consumed_samples=stream.consumed_samples,
-                           ledger=ledger.entry(batch.epoch, batch.indices),
-                           actor_world_size=fleet.actor.size, rollout_workers=fleet.rollout.size)
+            metrics.update(consumed_samples=pipeline.consumed_samples, actor_world_size=fleet.actor.size,
+                           rollout_workers=fleet.rollout.size)
             self.trackers.log(self.metrics.append(metrics))
             self.recovery.step_finished(step)
             self.replicas.step_finished()
@@ -345,9 +344,10 @@ class Coordinator:
                     or growing):
                 t0 = time.perf_counter()
                 exporting = export_every and step % export_every == 0
-                trainer_state = self._trainer_state(step, metrics, stream)
+                pipeline.settle()  # a checkpoint holds finished rollouts only
+                trainer_state = self._trainer_state(step, metrics, pipeline)
                 self.manager.save(step, [*parts, export] if exporting else parts, trainer_state)
-                self.replicas.on_save(step, fleet, trainer_state, stream)
+                self.replicas.on_save(step, fleet, trainer_state, pipeline)
                 blocking = time.perf_counter() - t0
                 self.events.emit("save", f"checkpoint of step {step}: training blocked {blocking:.2f}s",
                                  step=step, blocking_s=blocking)
@@ -362,14 +362,14 @@ class Coordinator:
         self._teardown()
         return {"status": "done", "final_step": step}
 
-    def _load(self, start_dir: str | None, memory: MemoryStep | None, parts: list, stream: BatchStream
+    def _load(self, start_dir: str | None, memory: MemoryStep | None, parts: list, data: RolloutPipeline
               ) -> tuple[dict[str, Any], str | None, str]:
         """Load every part from ``memory`` or else ``start_dir``; the trainer state, the step directory read
         (None: none, loaded from memory) and what was loaded, for the log. A memory copy that cannot be
         loaded after all (lost in the meantime) falls back to storage within the same recovery."""
         if memory is not None:
             try:
-                return self.replicas.load(memory, self.fleet, stream), None, f"step {memory.step} in memory"
+                return self.replicas.load(memory, self.fleet, data), None, f"step {memory.step} in memory"
             except InfraFailure as err:
                 start_dir = self._start_point(True)
                 if start_dir is None:
@@ -425,12 +425,12 @@ class Coordinator:
         if self.stop_exits_process:
             os._exit(75)  # Ray restarts the coordinator, which resumes from the step just saved
 
-    def _trainer_state(self, step: int, metrics: dict[str, Any], stream: BatchStream) -> dict[str, Any]:
+    def _trainer_state(self, step: int, metrics: dict[str, Any], pipeline: RolloutPipeline) -> dict[str, Any]:
         import torch
 
         cfg = self.cfg
         return {
-            "global_step": step, "consumed_samples": stream.consumed_samples, "epoch": stream.epoch,
+            "global_step": step, "consumed_samples": pipeline.consumed_samples, "epoch": metrics["epoch"],
             "metrics": metrics,
             "world_sizes": {"actor": self.fleet.actor.size, "rollout": self.fleet.rollout.size},
             "config": config_to_dict(cfg),

@@ -24,7 +24,7 @@ import ray
 from rayrl.failures import WorkerId
 
 if TYPE_CHECKING:
-    from rayrl.data.loader import BatchStream
+    from rayrl.pipeline import RolloutPipeline
     from rayrl.runlog import EventLog
     from rayrl.workers.fleet import Fleet
 
@@ -75,7 +75,7 @@ class MemoryReplicas:
         self.committed: MemoryStep | None = None
         self.loading = False  # a recovery from memory has not reached a finished step yet
 
-    def on_save(self, step: int, fleet: Fleet, trainer_state: dict[str, Any], stream: BatchStream) -> None:
+    def on_save(self, step: int, fleet: Fleet, trainer_state: dict[str, Any], data: RolloutPipeline) -> None:
         """Right after the save of ``step`` was started (before the next step changes any state): take the
         copies. The actor ranks make and pass on theirs in the background (the coordinator does not wait)."""
         if not self.enabled:
@@ -90,7 +90,7 @@ class MemoryReplicas:
             if peer is not None:
                 copies[rank].append((actor.workers[peer].hold_copy.remote(own[rank]), nodes[peer]))
         rollout = fleet.wait_all(fleet.rollout.call("sampling_state"), fleet.rollout.name)
-        self.pending = MemoryStep(step, copy.deepcopy(trainer_state), copy.deepcopy(stream.state_dict()),
+        self.pending = MemoryStep(step, copy.deepcopy(trainer_state), copy.deepcopy(data.state_dict()),
                                   rollout, copies)
 
     def _within_budget(self, fleet: Fleet) -> bool:
@@ -146,15 +146,16 @@ class MemoryReplicas:
                 return ref  # in the coordinator's own memory: Ray keeps objects this small with their owner
         return None
 
-    def load(self, kept: MemoryStep, fleet: Fleet, stream: BatchStream) -> dict[str, Any]:
-        """Load ``kept`` into every worker and the data stream; returns its trainer state."""
+    def load(self, kept: MemoryStep, fleet: Fleet, data: RolloutPipeline) -> dict[str, Any]:
+        """Load ``kept`` into every worker and ``data`` (the data stream and the rollouts ahead of
+        training); returns its trainer state."""
         self.loading = True
         chosen = [self._surviving(copies) for copies in kept.actor_copies]
         actor, rollout = fleet.actor, fleet.rollout
         loads = actor.call_each("load_memory_copy", [(ref, kept.step) for ref in chosen])
         fleet.wait_checkpoint(loads, actor.name, f"loading step {kept.step} from memory")
         fleet.wait_all(rollout.call_each("load_sampling_state", [(s,) for s in kept.rollout_states]), rollout.name)
-        stream.load_state_dict(copy.deepcopy(kept.data_state))
+        data.load_state_dict(copy.deepcopy(kept.data_state))
         return copy.deepcopy(kept.trainer_state)
 
     def step_finished(self) -> None:

@@ -182,6 +182,7 @@ class RolloutConfig:
     max_new_tokens: int = _field(12, _ge(1))  # response length limit
     temperature: float = _field(1.0, _gt(0))  # sampling temperature
     top_p: float = _field(1.0, _within(0, 1, lo_open=True))  # nucleus sampling mass
+    async_steps: int = _field(0, _ge(0))  # k: rollouts run up to k steps ahead of training (0: synchronous)
 
 
 @dataclass
@@ -267,6 +268,7 @@ def validate(cfg: RayRLConfig) -> None:
         raise ConfigError(f"actor.world_size: must be <= data.batch_size * rollout.n_samples_per_prompt, "
                           f"or some ranks get no sample (got {cfg.actor.world_size})")
     _check_colocated(cfg)
+    _check_async(cfg)
     _check_elastic(cfg)
     model = cfg.actor.model
     if cfg.actor.mixed_precision and model.dtype != "float32":
@@ -297,6 +299,19 @@ def _check_colocated(cfg: RayRLConfig) -> None:
         raise ConfigError(f"rollout.num_gpus_per_worker: with runner.placement=colocated on GPU, the share of each "
                           f"actor rank's GPU its engine takes while awake; must be in (0, 1) "
                           f"(got {cfg.rollout.num_gpus_per_worker:g})")
+
+
+def _check_async(cfg: RayRLConfig) -> None:
+    """Rollouts ahead of training need engines in processes of their own (colocated engines share the actor
+    ranks' processes, so nothing overlaps) that can give their policy's log-probs (the hf engine)."""
+    if cfg.rollout.async_steps == 0:
+        return
+    if cfg.runner.placement != "split":
+        raise ConfigError("rollout.async_steps: needs runner.placement=split (colocated engines run in the actor's "
+                          f"processes, so generation cannot overlap training); got {cfg.runner.placement}")
+    if cfg.rollout.backend != "hf":
+        raise ConfigError("rollout.async_steps: needs rollout.backend=hf (the engine gives the behaviour "
+                          f"log-probs of what it generated); got {cfg.rollout.backend}")
 
 
 def _check_elastic(cfg: RayRLConfig) -> None:

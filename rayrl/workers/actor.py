@@ -90,8 +90,11 @@ class ActorWorker(WorkerBase):
         n_micro = _num_micro_batches(batch["advantages"].shape[0], self.world_size, cfg.actor.micro_batch_size)
         micro = [torch.tensor_split(torch.arange(len(rows)), n_micro)[i] for i in range(n_micro)]
         self.model.train()
-        with torch.no_grad():
-            old_logp = torch.cat([self._logp(part, m) for m in micro])
+        if "behaviour_logp" in part:  # generated ahead by an older policy (rollout.async_steps): its log-probs
+            old_logp = part["behaviour_logp"]
+        else:
+            with torch.no_grad():
+                old_logp = torch.cat([self._logp(part, m) for m in micro])
         sums = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
         grad_norm = torch.zeros(())
         for _ in range(acfg.ppo_epochs):
