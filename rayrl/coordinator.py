@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import signal
 import time
 import warnings
@@ -24,13 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
-import rayrl
 from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid, NoValidCheckpoint
 from rayrl.checkpoint.format import M_STEP
 from rayrl.checkpoint.manifest import read_manifest
 from rayrl.checkpoint.storage import storage_for
-from rayrl.checkpoint.storage_check import remove_marker, write_marker
-from rayrl.config import ConfigError, checkpoint_dir, config_changes, config_to_dict
+from rayrl.config import ConfigError, checkpoint_dir, config_changes, config_to_dict, trainer_state
 from rayrl.data.tasks import get_task, run_reward_specs
 from rayrl.elastic import Elastic
 from rayrl.failures import InfraFailure, WorkerId, check_finite
@@ -38,6 +35,7 @@ from rayrl.managers import build_manager, resolve_manager
 from rayrl.recovery import NEW_PROCESS, STANDBY, Recovery, RunFailed, replacement_plan
 from rayrl.replicas import MemoryReplicas, MemoryStep
 from rayrl.run_lock import RunLock
+from rayrl.shared_storage import check_shared
 from rayrl.runlog import EventLog, EventLogHandler, MetricsLog
 from rayrl.trackers import Trackers, resolve
 from rayrl.workers.group import remove_leftovers
@@ -299,7 +297,7 @@ class Coordinator:
         t0 = time.perf_counter()
         new_roles = fleet.start(report=lambda message: self.events.emit("waiting_for_resources", message))
         start_s = time.perf_counter() - t0  # resources, worker processes (imports), process group
-        self._check_storage(fleet, new_roles)
+        check_shared(fleet, new_roles, cfg, self.checkpoint_dir, self.events.emit)
         pipeline = RolloutPipeline(fleet, cfg, BatchStream(self.dataset, cfg.data.batch_size, runner.seed))
         parts = [ActorPart(fleet), RolloutPart(fleet), DataPart(pipeline, cfg.runner.checkpoint.storage_options)]
         export, export_every = HFExportPart(fleet), cfg.runner.checkpoint.export_hf_every
@@ -345,9 +343,10 @@ class Coordinator:
                 t0 = time.perf_counter()
                 exporting = export_every and step % export_every == 0
                 pipeline.settle()  # a checkpoint holds finished rollouts only
-                trainer_state = self._trainer_state(step, metrics, pipeline)
-                self.manager.save(step, [*parts, export] if exporting else parts, trainer_state)
-                self.replicas.on_save(step, fleet, trainer_state, pipeline)
+                saved_state = trainer_state(cfg, step, metrics, pipeline.consumed_samples,
+                                            {"actor": fleet.actor.size, "rollout": fleet.rollout.size})
+                self.manager.save(step, [*parts, export] if exporting else parts, saved_state)
+                self.replicas.on_save(step, fleet, saved_state, pipeline)
                 blocking = time.perf_counter() - t0
                 self.events.emit("save", f"checkpoint of step {step}: training blocked {blocking:.2f}s",
                                  step=step, blocking_s=blocking)
@@ -377,35 +376,6 @@ class Coordinator:
                 log.warning("could not load step %d from memory (%s); loading %s", memory.step, err, start_dir)
         return self.manager.load(start_dir, parts), start_dir, start_dir
 
-    def _check_storage(self, fleet: Fleet, roles: set[str]) -> None:
-        """Every worker just brought up must see the checkpoint directory this process writes: a node with a
-        disk of its own at that path would train, then fail the first save (and leave its shards there).
-        A marker with a fresh nonce, read back by each worker, then removed; a worker that cannot is a
-        config error (exit 2) naming its node, the path and the fix."""
-        options = self.cfg.runner.checkpoint.storage_options
-        path, nonce = write_marker(self.checkpoint_dir, options)
-        try:
-            answers = fleet.read_storage_marker(path, nonce, roles)
-        finally:
-            remove_marker(path, options)
-        blind = {wid: a for wid, a in sorted(answers.items(), key=lambda item: item[0].sort_key()) if a["problem"]}
-        if not blind:
-            return
-        nodes: dict[str, dict[str, Any]] = {}
-        for wid, a in blind.items():
-            nodes.setdefault(a["node"], {"ip": a["ip"], "workers": []})["workers"].append(str(wid))
-        where = "; ".join(f"{', '.join(n['workers'])} on node {n['ip']} (Ray node id {node})"
-                          for node, n in nodes.items())
-        first = next(iter(blind.values()))
-        key = "runner.checkpoint.dir" if self.cfg.runner.checkpoint.dir else "runner.output_dir"
-        message = (f"{key}: the checkpoint directory {self.checkpoint_dir} is not the same storage on "
-                   f"every node: {where} cannot read the marker this run wrote there ({first['problem']}). "
-                   "Mount one shared filesystem at the same path on every node (NFS, Lustre, a cloud file "
-                   "store), or keep the checkpoints on object storage")
-        self.events.emit("storage_not_shared", message, path=self.checkpoint_dir, node=first["node"],
-                         ip=first["ip"], workers={str(w): a for w, a in blind.items()})
-        raise ConfigError(message)
-
     def _report_config_changes(self, state: dict[str, Any], step: int, start_dir: str) -> None:
         """One warning listing every key the current config sets differently from the checkpoint's: the
         current config is the one in force (the LR schedule included), so a change is worth seeing."""
@@ -424,19 +394,6 @@ class Coordinator:
         self._teardown()
         if self.stop_exits_process:
             os._exit(75)  # Ray restarts the coordinator, which resumes from the step just saved
-
-    def _trainer_state(self, step: int, metrics: dict[str, Any], pipeline: RolloutPipeline) -> dict[str, Any]:
-        import torch
-
-        cfg = self.cfg
-        return {
-            "global_step": step, "consumed_samples": pipeline.consumed_samples, "epoch": metrics["epoch"],
-            "metrics": metrics,
-            "world_sizes": {"actor": self.fleet.actor.size, "rollout": self.fleet.rollout.size},
-            "config": config_to_dict(cfg),
-            "versions": {"rayrl": rayrl.__version__, "torch": torch.__version__, "ray": ray.__version__,
-                         "python": platform.python_version()},
-        }
 
     def _teardown(self) -> None:
         if self.fleet is not None:
