@@ -1,9 +1,11 @@
 """Q3: how long from a lost worker or node to training again, in the job, against restarting the job?
 
-From the timed run life of benchmarks.lifecycle: SIGKILL of one actor rank to the next finished step
-(the coordinator replaces the actor group and loads the newest step from its copy in memory), against
-SIGKILL of the whole job (driver, Ray, every worker: a lost head node) and the same command started again,
-resuming from storage, to its first finished step.
+From the timed run life of benchmarks.lifecycle: SIGKILL of a rollout worker, then of one actor rank, to
+the next finished step (a standby takes the lost worker's place, the actor ranks re-form their group with
+it, and every part loads the newest step from its copy in memory), against SIGKILL of the whole job
+(driver, Ray, every worker: a lost head node) and the same command started again, resuming from storage,
+to its first finished step. Quick mode (the smoke test) runs no standbys: the actor rank is replaced by a
+new process, and the rollout worker's loss is skipped (said when it runs).
 
 Node loss: a ``ray.cluster_utils.Cluster`` on this machine (a head without CPUs for the driver and the
 coordinator, two worker nodes of 3 CPUs that the fleet fills, and a spare node of 6 CPUs added once the
@@ -34,6 +36,7 @@ from benchmarks.lifecycle import (
 NAME = "recovery"
 TARGET = 0.2  # issue 15: an actor rank's loss at most a fifth of a cold restart's time to the next step
 NODE_LOSS_TARGET = 0.3  # issue 15: a node's loss, with a replacement available
+ROLLOUT_TARGET = 0.15  # issue 15: a rollout worker's loss, with a standby
 FAST_HEALTH_CHECK = {"health_check_period_ms": 500, "health_check_timeout_ms": 500,
                      "health_check_failure_threshold": 3}
 WORKER_NODES, WORKER_CPUS = 2, 3  # an actor rank (2 CPUs) and one other worker per node
@@ -44,13 +47,22 @@ STEPS_AFTER = 2
 def run(settings: Settings) -> list[Figure]:
     life = run_lifecycle(settings)
     node_loss_s, node_split = node_loss_recovery(settings)
-    return [ratio_figure("recovery", "actor_kill_vs_cold_restart", [life.in_job_recovery_s], "s",
-                         "cold_restart", [life.cold_restart_s], TARGET, at_least=False, state_gb=settings.e2e_gb,
-                         coordinator_seconds_to_next_step=round(life.coordinator_recovery_s, 2),
-                         split=life.in_job_split),
-            ratio_figure("recovery", "node_loss_vs_cold_restart", [node_loss_s], "s", "cold_restart",
-                         [life.cold_restart_s], NODE_LOSS_TARGET, at_least=False, state_gb=settings.e2e_gb,
-                         spare_node=True, health_check=FAST_HEALTH_CHECK, split=node_split)]
+    standby = not settings.quick
+    figures = [ratio_figure("recovery", "actor_kill_vs_cold_restart", [life.in_job_recovery_s], "s",
+                            "cold_restart", [life.cold_restart_s], TARGET, at_least=False, state_gb=settings.e2e_gb,
+                            coordinator_seconds_to_next_step=round(life.coordinator_recovery_s, 2),
+                            standby=standby, split=life.in_job_split),
+               ratio_figure("recovery", "node_loss_vs_cold_restart", [node_loss_s], "s", "cold_restart",
+                            [life.cold_restart_s], NODE_LOSS_TARGET, at_least=False, state_gb=settings.e2e_gb,
+                            spare_node=True, standby=standby, health_check=FAST_HEALTH_CHECK, split=node_split)]
+    if life.rollout_recovery_s is None:
+        print("recovery: rollout_kill_vs_cold_restart skipped in quick mode (it needs standbys, which quick "
+              "mode does not start)")
+    else:
+        figures.append(ratio_figure("recovery", "rollout_kill_vs_cold_restart", [life.rollout_recovery_s], "s",
+                                    "cold_restart", [life.cold_restart_s], ROLLOUT_TARGET, at_least=False,
+                                    state_gb=settings.e2e_gb, standby=True, split=life.rollout_split))
+    return figures
 
 
 def node_loss_recovery(settings: Settings) -> tuple[float, dict]:
@@ -66,12 +78,15 @@ def node_loss_recovery(settings: Settings) -> tuple[float, dict]:
     try:
         nodes = [cluster.add_node(num_cpus=WORKER_CPUS, temp_dir=tmp) for _ in range(WORKER_NODES)]
         cluster.wait_for_nodes()
-        run = launch(settings.work_dir / "node_loss", "node-loss", [*overrides(settings), "actor.num_cpus_per_worker=2"],
+        run = launch(settings.work_dir / "node_loss", "node-loss",
+                     [*overrides(settings), "actor.num_cpus_per_worker=2", "runner.standby.rollout=0"],
                      ray_address=cluster.address)
         try:
             run.wait_for("a committed checkpoint", checkpoint_after(0), TIMEOUT_S)
             cluster.add_node(num_cpus=SPARE_CPUS, temp_dir=tmp)  # now: the fleet is placed on the other two
             cluster.wait_for_nodes()
+            if not settings.quick:  # the actor standby, placed on the spare node as it joined
+                run.wait_for("the actor standby", lambda r: r.events_named("standby_ready"), TIMEOUT_S)
             run.wait_for("a finished step", step_just_finished, TIMEOUT_S)
             victim = next(n for n in nodes if _titles_below(n, "ray::ActorWorker"))
             killed_at = time.time()

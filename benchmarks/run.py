@@ -22,7 +22,7 @@ from pathlib import Path
 from benchmarks.common import Figure, Settings
 
 MODULES = ("io_throughput", "async_blocking", "overhead", "recovery", "resume_cost", "reward_scoring", "placement",
-           "elastic", "weight_sync")
+           "elastic", "async_rollout", "weight_sync")
 
 
 def _load_benchmarks() -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import signal
 import time
 import warnings
@@ -24,27 +23,26 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
-import rayrl
 from rayrl.checkpoint.errors import CheckpointError, CheckpointInvalid, NoValidCheckpoint
 from rayrl.checkpoint.format import M_STEP
 from rayrl.checkpoint.manifest import read_manifest
 from rayrl.checkpoint.storage import storage_for
-from rayrl.checkpoint.storage_check import remove_marker, write_marker
-from rayrl.config import ConfigError, checkpoint_dir, config_changes, config_to_dict
+from rayrl.config import ConfigError, checkpoint_dir, config_changes, config_to_dict, trainer_state
 from rayrl.data.tasks import get_task, run_reward_specs
 from rayrl.elastic import Elastic
 from rayrl.failures import InfraFailure, WorkerId, check_finite
 from rayrl.managers import build_manager, resolve_manager
-from rayrl.recovery import Recovery, RunFailed
+from rayrl.recovery import NEW_PROCESS, STANDBY, Recovery, RunFailed, replacement_plan
 from rayrl.replicas import MemoryReplicas, MemoryStep
 from rayrl.run_lock import RunLock
+from rayrl.shared_storage import check_shared
 from rayrl.runlog import EventLog, EventLogHandler, MetricsLog
 from rayrl.trackers import Trackers, resolve
 from rayrl.workers.group import remove_leftovers
 from rayrl.workers.weight_sync import paths_event
 
 if TYPE_CHECKING:
-    from rayrl.data.loader import BatchStream
+    from rayrl.pipeline import RolloutPipeline
     from rayrl.workers.fleet import Fleet
 
 log = logging.getLogger(__name__)
@@ -179,9 +177,10 @@ class Coordinator:
         except Exception as err:  # noqa: BLE001 -- only for the report: a lost node may not answer
             log.warning("could not locate %s: %s", failure.what, err)
             where = {}
-        replaced = self._release_failed(failure)
+        plan = self._release_failed(failure)
         delay = self.recovery.failed(failure.what, failure.cause, failure.node or where.get("node"),
-                                     where.get("pid"), preemption=failure.preemption, replaced=replaced)
+                                     where.get("pid"), preemption=failure.preemption,
+                                     replaced=sorted(plan) if plan is not None else None, replaced_by=plan)
         if self.elastic.shrink(failure, max(self.manager.list_steps(), default=0)) and self.fleet is not None:
             self.fleet.resize(self.elastic.sizes)
         time.sleep(delay)
@@ -212,25 +211,26 @@ class Coordinator:
             "moved or deleted. Repair or remove them, start from another with runner.resume_dir=..., or "
             "start over with runner.resume_mode=disable (which archives them)")
 
-    def _release_failed(self, failure: InfraFailure) -> list[str] | None:
-        """Replace the groups ``failure`` took down and keep the others (they are reloaded from the
-        checkpoint, saving their start-up); the names of the groups replaced. Anything unexpected here
-        tears the whole fleet down, as does a failure that leaves no group standing."""
+    def _release_failed(self, failure: InfraFailure) -> dict[str, str] | None:
+        """Make the groups ``failure`` took down whole (by standbys or new processes: replacement_plan) and keep
+        the others (they are reloaded, saving their start-up); how each was replaced. Anything unexpected
+        here tears the whole fleet down, as does a failure that leaves no group standing and no standby."""
         fleet = self.fleet
         if fleet is None:
             return None
         every = [g.name for g in fleet.groups]
         try:
-            failed = fleet.failed_groups(failure)
-            if failed != set(every):
-                self._settle_save_in_flight(actor_kept="actor" not in failed)
-                fleet.replace(failed)
-                return sorted(failed)
+            lost = fleet.lost_workers(failure)
+            plan = replacement_plan(lost, fleet.standbys.ready({g for g, i in lost.items() if i is not None}))
+            if set(plan) != set(every) or STANDBY in plan.values():
+                self._settle_save_in_flight(actor_kept="actor" not in plan)
+                fleet.replace(plan, lost)
+                return plan
         except Exception as err:  # noqa: BLE001 -- another worker lost, a hang: start from nothing
             log.warning("keeping the workers that survived %s failed (%s); restarting every group",
                         failure.what, err)
         self._teardown()
-        return every
+        return dict.fromkeys(every, NEW_PROCESS)
 
     def _settle_save_in_flight(self, actor_kept: bool) -> None:
         """An asynchronous save still writing when a group failed. Only the actor shards are written in the
@@ -274,9 +274,9 @@ class Coordinator:
     def _train(self, start_dir: str | None, memory: MemoryStep | None = None) -> dict[str, Any]:
         """Train from ``start_dir`` (storage), ``memory`` (the newest step's copy in memory) or, with
         neither, from scratch."""
-        from rayrl.data import ledger
         from rayrl.data.loader import BatchStream
         from rayrl.participants import ActorPart, DataPart, HFExportPart, RolloutPart
+        from rayrl.pipeline import RolloutPipeline
         from rayrl.step import Scoring, run_step, sync_weights
         from rayrl.workers.fleet import Fleet
 
@@ -293,7 +293,7 @@ class Coordinator:
         if self.fleet is None:
             if self.restarted or self.relaunch is not None:
                 self.elastic.resume(step)
-            self.fleet = Fleet(cfg, owner=self.actor_id, sizes=self.elastic.sizes)
+            self.fleet = Fleet(cfg, owner=self.actor_id, sizes=self.elastic.sizes, emit=self.events.emit)
         fleet = self.fleet
         t0 = time.perf_counter()
         new_roles = fleet.start(report=lambda message: self.events.emit("waiting_for_resources", message))
@@ -301,22 +301,24 @@ class Coordinator:
             message, fields = paths_event(fleet.weight_paths)
             self.events.emit("weight_sync", message, **fields)
         start_s = time.perf_counter() - t0  # resources, worker processes (imports), process group
-        self._check_storage(fleet, new_roles)
-        stream = BatchStream(self.dataset, cfg.data.batch_size, runner.seed)
-        parts = [ActorPart(fleet), RolloutPart(fleet), DataPart(stream, cfg.runner.checkpoint.storage_options)]
+        check_shared(fleet, new_roles, cfg, self.checkpoint_dir, self.events.emit)
+        pipeline = RolloutPipeline(fleet, cfg, BatchStream(self.dataset, cfg.data.batch_size, runner.seed))
+        parts = [ActorPart(fleet), RolloutPart(fleet), DataPart(pipeline, cfg.runner.checkpoint.storage_options)]
         export, export_every = HFExportPart(fleet), cfg.runner.checkpoint.export_hf_every
         if start_dir is not None or memory is not None:
             t0 = time.perf_counter()
-            state, start_dir, where = self._load(start_dir, memory, parts, stream)
+            state, start_dir, where = self._load(start_dir, memory, parts, pipeline)
             load_s = time.perf_counter() - t0  # every role restored; the weight sync after it is not loading
             step = int(state["global_step"])
             t0 = time.perf_counter()
             sync_weights(fleet)
+            pipeline.weights_sent(step, [])
             sync_s = time.perf_counter() - t0
             source = "storage" if start_dir is not None else "memory"
+            times = {"start_s": start_s, "group_s": fleet.group_s, "load_s": load_s, "sync_s": sync_s}
             self.events.emit("resumed", f"Resumed from {where}: next step {step + 1}", step=step,
-                             path=start_dir, source=source, start_s=start_s, load_s=load_s, sync_s=sync_s)
-            self.recovery.loaded_from(source, start_s=start_s, load_s=load_s, sync_s=sync_s)
+                             path=start_dir, source=source, **times)
+            self.recovery.loaded_from(source, **times)
             self._report_config_changes(state, step, where)
         else:
             self.events.emit("fresh_start", "No checkpoint to resume from: starting fresh at step 1",
@@ -327,15 +329,14 @@ class Coordinator:
         scoring = Scoring(cfg, self.reward_specs)
         while step < runner.max_steps:
             step += 1
-            batch = stream.next()
-            metrics = run_step(fleet, cfg, scoring, batch.items, step)
+            metrics = run_step(fleet, cfg, scoring, pipeline, step)
             check_finite(metrics, step)
-            metrics.update(epoch=batch.epoch, consumed_samples=stream.consumed_samples,
-                           ledger=ledger.entry(batch.epoch, batch.indices),
-                           actor_world_size=fleet.actor.size, rollout_workers=fleet.rollout.size)
+            metrics.update(consumed_samples=pipeline.consumed_samples, actor_world_size=fleet.actor.size,
+                           rollout_workers=fleet.rollout.size)
             self.trackers.log(self.metrics.append(metrics))
             self.recovery.step_finished(step)
             self.replicas.step_finished()
+            fleet.tend_standbys()
             self.manager.poll()
             self.replicas.promote(self.manager.list_steps)
             notices = fleet.preemption_notices() if runner.save_on_preemption else []
@@ -345,9 +346,11 @@ class Coordinator:
                     or growing):
                 t0 = time.perf_counter()
                 exporting = export_every and step % export_every == 0
-                trainer_state = self._trainer_state(step, metrics, stream)
-                self.manager.save(step, [*parts, export] if exporting else parts, trainer_state)
-                self.replicas.on_save(step, fleet, trainer_state, stream)
+                pipeline.settle()  # a checkpoint holds finished rollouts only
+                saved_state = trainer_state(cfg, step, metrics, pipeline.consumed_samples,
+                                            {"actor": fleet.actor.size, "rollout": fleet.rollout.size})
+                self.manager.save(step, [*parts, export] if exporting else parts, saved_state)
+                self.replicas.on_save(step, fleet, saved_state, pipeline)
                 blocking = time.perf_counter() - t0
                 self.events.emit("save", f"checkpoint of step {step}: training blocked {blocking:.2f}s",
                                  step=step, blocking_s=blocking)
@@ -362,49 +365,20 @@ class Coordinator:
         self._teardown()
         return {"status": "done", "final_step": step}
 
-    def _load(self, start_dir: str | None, memory: MemoryStep | None, parts: list, stream: BatchStream
+    def _load(self, start_dir: str | None, memory: MemoryStep | None, parts: list, data: RolloutPipeline
               ) -> tuple[dict[str, Any], str | None, str]:
         """Load every part from ``memory`` or else ``start_dir``; the trainer state, the step directory read
         (None: none, loaded from memory) and what was loaded, for the log. A memory copy that cannot be
         loaded after all (lost in the meantime) falls back to storage within the same recovery."""
         if memory is not None:
             try:
-                return self.replicas.load(memory, self.fleet, stream), None, f"step {memory.step} in memory"
+                return self.replicas.load(memory, self.fleet, data), None, f"step {memory.step} in memory"
             except InfraFailure as err:
                 start_dir = self._start_point(True)
                 if start_dir is None:
                     raise
                 log.warning("could not load step %d from memory (%s); loading %s", memory.step, err, start_dir)
         return self.manager.load(start_dir, parts), start_dir, start_dir
-
-    def _check_storage(self, fleet: Fleet, roles: set[str]) -> None:
-        """Every worker just brought up must see the checkpoint directory this process writes: a node with a
-        disk of its own at that path would train, then fail the first save (and leave its shards there).
-        A marker with a fresh nonce, read back by each worker, then removed; a worker that cannot is a
-        config error (exit 2) naming its node, the path and the fix."""
-        options = self.cfg.runner.checkpoint.storage_options
-        path, nonce = write_marker(self.checkpoint_dir, options)
-        try:
-            answers = fleet.read_storage_marker(path, nonce, roles)
-        finally:
-            remove_marker(path, options)
-        blind = {wid: a for wid, a in sorted(answers.items(), key=lambda item: item[0].sort_key()) if a["problem"]}
-        if not blind:
-            return
-        nodes: dict[str, dict[str, Any]] = {}
-        for wid, a in blind.items():
-            nodes.setdefault(a["node"], {"ip": a["ip"], "workers": []})["workers"].append(str(wid))
-        where = "; ".join(f"{', '.join(n['workers'])} on node {n['ip']} (Ray node id {node})"
-                          for node, n in nodes.items())
-        first = next(iter(blind.values()))
-        key = "runner.checkpoint.dir" if self.cfg.runner.checkpoint.dir else "runner.output_dir"
-        message = (f"{key}: the checkpoint directory {self.checkpoint_dir} is not the same storage on "
-                   f"every node: {where} cannot read the marker this run wrote there ({first['problem']}). "
-                   "Mount one shared filesystem at the same path on every node (NFS, Lustre, a cloud file "
-                   "store), or keep the checkpoints on object storage")
-        self.events.emit("storage_not_shared", message, path=self.checkpoint_dir, node=first["node"],
-                         ip=first["ip"], workers={str(w): a for w, a in blind.items()})
-        raise ConfigError(message)
 
     def _report_config_changes(self, state: dict[str, Any], step: int, start_dir: str) -> None:
         """One warning listing every key the current config sets differently from the checkpoint's: the
@@ -424,19 +398,6 @@ class Coordinator:
         self._teardown()
         if self.stop_exits_process:
             os._exit(75)  # Ray restarts the coordinator, which resumes from the step just saved
-
-    def _trainer_state(self, step: int, metrics: dict[str, Any], stream: BatchStream) -> dict[str, Any]:
-        import torch
-
-        cfg = self.cfg
-        return {
-            "global_step": step, "consumed_samples": stream.consumed_samples, "epoch": stream.epoch,
-            "metrics": metrics,
-            "world_sizes": {"actor": self.fleet.actor.size, "rollout": self.fleet.rollout.size},
-            "config": config_to_dict(cfg),
-            "versions": {"rayrl": rayrl.__version__, "torch": torch.__version__, "ray": ray.__version__,
-                         "python": platform.python_version()},
-        }
 
     def _teardown(self) -> None:
         if self.fleet is not None:

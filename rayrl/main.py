@@ -78,8 +78,9 @@ def _init_ray(cfg) -> str | None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING, log_to_driver=True)
         return None
-    needed = (cfg.actor.world_size * cfg.actor.num_cpus_per_worker
-              + cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker
+    standby = cfg.runner.standby  # spare workers reserve what their role's workers do
+    needed = ((cfg.actor.world_size + standby.actor) * cfg.actor.num_cpus_per_worker
+              + (cfg.rollout.num_workers + standby.rollout) * cfg.rollout.num_cpus_per_worker
               + (cfg.reference.num_cpus_per_worker if cfg.reference.enabled else 0)
               + (cfg.data.reward_workers or 0))
     temp_dir = tempfile.mkdtemp(prefix="rayrl-", dir="/tmp")  # short: Ray's socket paths have a length limit

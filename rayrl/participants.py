@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rayrl.checkpoint.format import ACTOR_DIR, DATA_DIR, DATA_STATE_FILE, HF_DIR, ROLLOUT_DIR, TRAINER_STATE_FILE
+from rayrl.checkpoint.format import (
+    ACTOR_DIR, DATA_DIR, DATA_STATE_FILE, HF_DIR, ROLLOUT_DIR, ROLLOUTS_AHEAD_FILE, TRAINER_STATE_FILE,
+)
 from rayrl.checkpoint.storage import storage_for
 from rayrl.checkpoint.torch_files import read_torch, write_torch
 from rayrl.workers.fleet import Fleet
@@ -93,23 +95,34 @@ class RolloutPart:
 
 
 class DataPart:
-    """The coordinator's data stream (position, epoch, sampler RNG), into ``data/data.pt``."""
+    """The coordinator's data stream (position, epoch, sampler RNG) into ``data/data.pt`` and, with rollouts
+    ahead of training (rollout.async_steps), the finished rollouts of later steps whose prompts the stream
+    already handed out into ``data/rollouts_ahead.pt``: one participant, so that the two always agree.
+    ``data``: the rollout pipeline (rayrl.pipeline), whose state is both."""
 
     name = DATA_DIR
 
-    def __init__(self, stream: Any, storage_options: Any) -> None:
-        self.stream = stream
+    def __init__(self, data: Any, storage_options: Any) -> None:
+        self.data = data
         self.storage_options = storage_options
 
     def save(self, directory: str, async_save: bool) -> Digests | None:
         storage = storage_for(directory, self.storage_options)
         storage.makedirs(directory)
-        return {DATA_STATE_FILE: write_torch(storage, storage.join(directory, DATA_STATE_FILE),
-                                             self.stream.state_dict())}
+        state = self.data.state_dict()
+        digests = {DATA_STATE_FILE: write_torch(storage, storage.join(directory, DATA_STATE_FILE), state["stream"])}
+        if state["ahead"]:
+            digests[ROLLOUTS_AHEAD_FILE] = write_torch(storage, storage.join(directory, ROLLOUTS_AHEAD_FILE),
+                                                       state["ahead"])
+        return digests
 
     def poll_save(self, block: bool) -> Digests | None:
         raise AssertionError("data state is always written synchronously")
 
     def load(self, directory: str) -> None:
+        """A step saved with nothing ahead (synchronous) has no rollouts file: the buffer starts empty."""
         storage = storage_for(directory, self.storage_options)
-        self.stream.load_state_dict(read_torch(storage, storage.join(directory, DATA_STATE_FILE)))
+        ahead_path = storage.join(directory, ROLLOUTS_AHEAD_FILE)
+        ahead = read_torch(storage, ahead_path) if storage.isfile(ahead_path) else []
+        self.data.load_state_dict({"stream": read_torch(storage, storage.join(directory, DATA_STATE_FILE)),
+                                   "ahead": ahead})

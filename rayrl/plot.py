@@ -54,11 +54,16 @@ def timeline(metrics: list[Record], events: list[Record]) -> Timeline:
                for k in dict.fromkeys(k for r in metrics for k in r if k.startswith("reward/") and k.count("/") == 1)},
         step_times=[float(r.get("time_s", float("nan"))) for r in metrics],
         saves=[(int(e["step"]), e["time"] - t0) for e in marks("save") if "step" in e],
-        failures=[(e["time"] - t0, str(e.get("what") or e["event"])) for e in marks(*FAILURES)],
+        failures=[(e["time"] - t0, str(e.get("what") or e["event"]) + _by_standby(e)) for e in marks(*FAILURES)],
         resumes=[(int(e.get("step", 0)), e["time"] - t0) for e in marks("resumed")],
         recoveries=[e["time"] - t0 for e in marks("recovered")],
         memory_resumes=[e["time"] - t0 for e in marks("resumed") if e.get("source") == "memory"],
     )
+
+
+def _by_standby(failure: Record) -> str:
+    """How a failure's label says that standbys took the lost places (runner.standby)."""
+    return " -> standby" if "standby" in (failure.get("replaced_by") or {}).values() else ""
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:

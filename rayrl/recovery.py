@@ -13,6 +13,16 @@ from typing import Any
 from rayrl.runlog import EventLog
 
 MAX_BACKOFF_S = 30.0
+STANDBY, NEW_PROCESS = "standby", "new process"  # how a group that lost workers is made whole
+
+
+def replacement_plan(lost: dict[str, set[int] | None], standbys: dict[str, int]) -> dict[str, str]:
+    """How each group that lost workers is made whole: the lost workers' places taken by standbys of the
+    role when enough are ready (the group's other workers keep their processes), else the whole group in
+    new processes. ``lost``: per group, the indices lost (None: the whole group, or which is not known);
+    ``standbys``: the ready standbys per role."""
+    return {group: STANDBY if indices is not None and 0 < len(indices) <= standbys.get(group, 0) else NEW_PROCESS
+            for group, indices in lost.items()}
 
 
 class RunFailed(RuntimeError):
@@ -26,6 +36,7 @@ class _Pending:
     failure_time: float
     fields: dict[str, Any] = field(default_factory=dict)
     replaced: set[str] | None = None  # the groups a counted recovery replaced (None: not such a recovery)
+    replaced_by: dict[str, str] = field(default_factory=dict)  # group -> STANDBY | NEW_PROCESS
 
 
 def short(node: str | None) -> str:
@@ -43,7 +54,7 @@ class Recovery:
 
     def failed(self, what: str, cause: str, node: str | None, pid: int | None = None, preemption: bool = False,
                counted: bool = True, failure_time: float | None = None, event: str = "failure",
-               replaced: list[str] | None = None) -> float:
+               replaced: list[str] | None = None, replaced_by: dict[str, str] | None = None) -> float:
         """Record a failure; returns the backoff to sleep before rebuilding, or raises RunFailed past the
         budget. Preemptions are not counted, nor (``counted=False``) losses that another budget bounds (the
         coordinator's: Ray's max_restarts; the driver's: run_main.sh's). A failure during a recovery keeps
@@ -52,7 +63,7 @@ class Recovery:
         A failure found while recovering (before the next step finished) that takes down a group the
         recovery had kept (a kept group failing on reload because its node was going down after all) is
         the same incident: not counted again (``same_incident``), and ``replaced`` becomes every group the
-        incident replaced. One that hits only groups already replaced counts anew, so that a failure that
+        incident replaced. ``replaced_by``: how each replaced group was made whole (standby or new process). One that hits only groups already replaced counts anew, so that a failure that
         keeps coming back cannot recover forever."""
         failure_time = failure_time or time.time()
         if self._pending is None:
@@ -66,12 +77,15 @@ class Recovery:
             replaced = sorted(earlier | set(replaced))
         if (counted or same_incident) and replaced is not None:
             self._pending.replaced = set(replaced)
+        if replaced_by:
+            self._pending.replaced_by.update(replaced_by)
         self.restarts += counted
         where = f"node {short(node)}" + (f", pid {pid}" if pid else "")
         self.history.append(f"{time.strftime('%H:%M:%S', time.localtime(failure_time))} {what} ({where}): {cause}")
         fields = {"what": what, "cause": cause, "node": node, "pid": pid, "preemption": preemption}
         if replaced is not None:  # the worker groups restarted (the others were kept)
             fields["replaced"] = replaced
+            fields["replaced_by"] = {g: self._pending.replaced_by.get(g, NEW_PROCESS) for g in replaced}
         if same_incident:
             fields["same_incident"] = True
         self._pending.fields = fields
@@ -85,7 +99,8 @@ class Recovery:
         budget = (f"recovery {self.restarts}/{self.max_restarts}" if counted
                   else "found while recovering: the same incident, counted once" if same_incident
                   else "not counted against runner.max_restarts")
-        restarting = f"restarting {', '.join(replaced)}, " if replaced else ""
+        restarting = (f"replacing {', '.join(f'{g} ({by})' for g, by in fields['replaced_by'].items())}, "
+                      if replaced else "")
         self.events.emit(event, f"{what} ({where}) failed: {cause}; recovering from the latest checkpoint "
                          f"({restarting}{budget}{f', backoff {delay:.1f} s' if delay else ''})",
                          **fields, counted=counted, restarts=self.restarts, max_restarts=self.max_restarts,

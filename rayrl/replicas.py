@@ -24,7 +24,7 @@ import ray
 from rayrl.failures import WorkerId
 
 if TYPE_CHECKING:
-    from rayrl.data.loader import BatchStream
+    from rayrl.pipeline import RolloutPipeline
     from rayrl.runlog import EventLog
     from rayrl.workers.fleet import Fleet
 
@@ -37,13 +37,14 @@ INLINE_LIMIT_BYTES = 100 * 1024  # Ray's max_direct_call_object_size: smaller ob
 
 @dataclass
 class MemoryStep:
-    """One step's state in memory: per actor rank its copies (own node first, then the peer's)."""
+    """One step's state in memory: per actor rank its copies (own node first, then the peer's), each with
+    the node that holds it (the node of the rank that made or took it)."""
 
     step: int
     trainer_state: dict[str, Any]
     data_state: dict[str, Any]
     rollout_states: list[dict[str, Any]]
-    actor_copies: list[list[ray.ObjectRef]]
+    actor_copies: list[list[tuple[ray.ObjectRef, str]]]
 
 
 def peer_ranks(nodes: list[str]) -> list[int | None]:
@@ -74,7 +75,7 @@ class MemoryReplicas:
         self.committed: MemoryStep | None = None
         self.loading = False  # a recovery from memory has not reached a finished step yet
 
-    def on_save(self, step: int, fleet: Fleet, trainer_state: dict[str, Any], stream: BatchStream) -> None:
+    def on_save(self, step: int, fleet: Fleet, trainer_state: dict[str, Any], data: RolloutPipeline) -> None:
         """Right after the save of ``step`` was started (before the next step changes any state): take the
         copies. The actor ranks make and pass on theirs in the background (the coordinator does not wait)."""
         if not self.enabled:
@@ -84,12 +85,12 @@ class MemoryReplicas:
             return
         own = actor.call("memory_copy")
         nodes = [fleet.where[WorkerId(actor.name, r)]["node"] for r in range(actor.size)]
-        copies = [[ref] for ref in own]
+        copies = [[(ref, nodes[rank])] for rank, ref in enumerate(own)]
         for rank, peer in enumerate(peer_ranks(nodes)):
             if peer is not None:
-                copies[rank].append(actor.workers[peer].hold_copy.remote(own[rank]))
+                copies[rank].append((actor.workers[peer].hold_copy.remote(own[rank]), nodes[peer]))
         rollout = fleet.wait_all(fleet.rollout.call("sampling_state"), fleet.rollout.name)
-        self.pending = MemoryStep(step, copy.deepcopy(trainer_state), copy.deepcopy(stream.state_dict()),
+        self.pending = MemoryStep(step, copy.deepcopy(trainer_state), copy.deepcopy(data.state_dict()),
                                   rollout, copies)
 
     def _within_budget(self, fleet: Fleet) -> bool:
@@ -123,35 +124,38 @@ class MemoryReplicas:
         kept = self.committed
         if kept is None or not steps or kept.step != max(steps):
             return None
-        return kept if all(self._surviving(refs) is not None for refs in kept.actor_copies) else None
+        return kept if all(self._surviving(copies) is not None for copies in kept.actor_copies) else None
 
-    def _surviving(self, refs: list[ray.ObjectRef]) -> ray.ObjectRef | None:
-        """The first of a rank's copies that is on a live node (or small enough for Ray to keep it in the
-        coordinator's own memory); None when every copy was lost with its node."""
+    def _surviving(self, copies: list[tuple[ray.ObjectRef, str]]) -> ray.ObjectRef | None:
+        """The first of a rank's copies whose holding node is alive and that Ray still locates (or that is
+        small enough for Ray to keep in the coordinator's own memory); None when every copy was lost with its
+        node. The holding node, not any node Ray lists: the peer that took a rank's copy also has an unpinned
+        copy of the rank's own one, which Ray may evict, and which a lost node then leaves unrecoverable."""
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         try:
-            found = ray.experimental.get_object_locations(refs, timeout_ms=LOCATE_TIMEOUT_MS)
+            found = ray.experimental.get_object_locations([ref for ref, _ in copies], timeout_ms=LOCATE_TIMEOUT_MS)
         except Exception as err:  # noqa: BLE001 -- a copy that cannot be located is not used
             log.warning("could not locate the memory copies: %s", err)
             return None
-        for ref in refs:
+        for ref, node in copies:
             where = found.get(ref, {})
-            if set(where.get("node_ids") or []) & alive:
+            if node in alive and node in (where.get("node_ids") or []):
                 return ref
             size = where.get("object_size")
             if not where.get("node_ids") and size is not None and size < INLINE_LIMIT_BYTES and _holds_value(ref):
                 return ref  # in the coordinator's own memory: Ray keeps objects this small with their owner
         return None
 
-    def load(self, kept: MemoryStep, fleet: Fleet, stream: BatchStream) -> dict[str, Any]:
-        """Load ``kept`` into every worker and the data stream; returns its trainer state."""
+    def load(self, kept: MemoryStep, fleet: Fleet, data: RolloutPipeline) -> dict[str, Any]:
+        """Load ``kept`` into every worker and ``data`` (the data stream and the rollouts ahead of
+        training); returns its trainer state."""
         self.loading = True
-        chosen = [self._surviving(refs) for refs in kept.actor_copies]
+        chosen = [self._surviving(copies) for copies in kept.actor_copies]
         actor, rollout = fleet.actor, fleet.rollout
         loads = actor.call_each("load_memory_copy", [(ref, kept.step) for ref in chosen])
         fleet.wait_checkpoint(loads, actor.name, f"loading step {kept.step} from memory")
         fleet.wait_all(rollout.call_each("load_sampling_state", [(s,) for s in kept.rollout_states]), rollout.name)
-        stream.load_state_dict(copy.deepcopy(kept.data_state))
+        data.load_state_dict(copy.deepcopy(kept.data_state))
         return copy.deepcopy(kept.trainer_state)
 
     def step_finished(self) -> None:

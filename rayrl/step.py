@@ -14,9 +14,12 @@ import ray
 import torch
 
 from rayrl.algorithms.grpo import group_advantages
+from rayrl.algorithms.off_policy import policy_lag
+from rayrl.data import ledger
 from rayrl.data.scoring import Scorer
 from rayrl.engines import Rollouts
 from rayrl.failures import WorkerId
+from rayrl.pipeline import RolloutPipeline, split_evenly
 from rayrl.workers import reward_pool
 from rayrl.workers.fleet import Fleet
 from rayrl.workers.roles import ACTOR, ROLLOUT
@@ -25,24 +28,12 @@ from rayrl.workers.weight_sync import IPC, OBJECT_STORE
 SUMMED_ACTOR_STATS = ("loss", "pg_loss", "kl", "clip_frac")  # already divided by the global token count
 
 
-def split_evenly(items: list, parts: int) -> list[list]:
-    """Contiguous, near-equal chunks (the first ones one longer), so worker i always gets the same rows."""
-    size, extra = divmod(len(items), parts)
-    out, start = [], 0
-    for i in range(parts):
-        end = start + size + (1 if i < extra else 0)
-        out.append(items[start:end])
-        start = end
-    return out
-
-
-def run_step(fleet: Fleet, cfg: Any, scoring: Scoring, items: list[dict], step: int) -> dict[str, float]:
-    """Run step ``step`` on the prompt items ``items``; returns its metrics."""
+def run_step(fleet: Fleet, cfg: Any, scoring: Scoring, pipeline: RolloutPipeline, step: int) -> dict[str, Any]:
+    """Run step ``step`` on the rollouts ``pipeline`` has for it; returns its metrics."""
     start = time.perf_counter()
     n = cfg.rollout.n_samples_per_prompt
-    chunks = split_evenly(list(range(len(items))), fleet.rollout.size)
-    gen_refs = fleet.rollout.call_each("generate", [([items[i] for i in c], n, step, c[0] * n) for c in chunks])
-    rollouts = Rollouts.concat(fleet.wait_all(gen_refs, "rollout"))
+    taken = pipeline.take(step)
+    items, rollouts = taken.items, taken.rollouts
     t_gen = time.perf_counter() - start
 
     scores = scoring.scores(fleet, items, rollouts, n, step)
@@ -52,18 +43,23 @@ def run_step(fleet: Fleet, cfg: Any, scoring: Scoring, items: list[dict], step: 
         "response_ids": rollouts.response_ids, "response_mask": rollouts.response_mask,
         "advantages": group_advantages(rewards, n, cfg.algorithm.norm_adv_by_std),
     }
+    if rollouts.logprobs is not None:  # generated ahead by an older policy: the ratio is against it
+        batch["behaviour_logp"] = rollouts.logprobs
     t_scored = time.perf_counter()
     if fleet.reference is not None:
         batch["ref_logp"] = reference_logprobs(fleet, batch)
     t_referenced = time.perf_counter()
     stats = fleet.wait_all(fleet.actor.call("train_step", ray.put(batch)), "actor")
     t_trained = time.perf_counter()
-    sync_weights(fleet)
+    pipeline.weights_sent(step, sync_weights(fleet, wait=pipeline.k == 0))
     t_synced = time.perf_counter()
 
     lengths = rollouts.response_mask.sum(dim=1).float()
+    lag = policy_lag(step, torch.full((len(scores),), taken.version)).float()
     metrics = {
         "step": step,
+        "epoch": taken.epoch,
+        "ledger": ledger.entry(taken.epoch, taken.indices),  # the prompts this step trained on
         "reward_mean": float(rewards.mean()),
         "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
         **named_means(scores),
@@ -72,7 +68,11 @@ def run_step(fleet: Fleet, cfg: Any, scoring: Scoring, items: list[dict], step: 
         "grad_norm": stats[0]["grad_norm"],
         "lr": stats[0]["lr"],
         "save_staging_wait_s": max(s["save_staging_wait_s"] for s in stats),  # the loop waited this long
-        "gen_time_s": t_gen,
+        "gen_time_s": t_gen,  # training waited this long for its rollouts: all of generation when synchronous
+        "rollout_gen_s": rollouts.gen_s,  # generating them took the slowest rollout worker this long
+        "wait_weights_s": taken.wait_weights_s,  # the rollout workers idle, waiting for the weights they used
+        "policy_lag_mean": float(lag.mean()),
+        "policy_lag_max": int(lag.max()),
         "score_time_s": scoring.last_s,
         "ref_time_s": t_referenced - t_scored,
         "train_time_s": t_trained - t_referenced,
@@ -126,22 +126,26 @@ def reference_logprobs(fleet: Fleet, batch: dict[str, torch.Tensor]) -> torch.Te
     return torch.cat(fleet.wait_all(refs, "reference"))
 
 
-def sync_weights(fleet: Fleet) -> None:
-    """Put the actor's new weights into every engine. Engines hosted by the actor ranks (colocated): each
-    rank gathers the full weights within the actor group and loads its own, in-process. Engines of their
-    own: rank 0 gathers them once, and each rollout worker loads them by the path chosen for it at the
-    fleet's start (rayrl.workers.weight_sync): engines on rank 0's node map rank 0's copy through handles,
-    the others load it from the object store; rank 0 frees its copy once every engine has answered."""
+def sync_weights(fleet: Fleet, wait: bool = True) -> list[ray.ObjectRef]:
+    """Put the actor's new weights into every engine; returns the engines' load calls. Engines hosted by the
+    actor ranks (colocated): each rank gathers the full weights within the actor group and loads its own,
+    in-process. Engines of their own: rank 0 gathers them once, and each rollout worker loads them by the
+    path chosen for it at the fleet's start (rayrl.workers.weight_sync): engines on rank 0's node map rank
+    0's copy through handles, the others load it from the object store; rank 0 frees its copy once every
+    engine has answered. ``wait`` False (rollouts ahead of training): their loads queue behind the
+    generation in flight, not waited for here, so all of them go through the object store (the handles'
+    memory could not be freed at a known point)."""
     if fleet.host_of(ROLLOUT) is not None:
         fleet.wait_all(fleet.actor.call("sync_engine"), "actor")
-        return
+        return []
     paths = [path for path, _ in fleet.weight_paths]
-    if IPC not in paths:
+    if IPC not in paths or not wait:
         weight_refs = fleet.actor.call("full_state_dict")
         sync_refs = fleet.rollout.call("load_weights", weight_refs[0])
         fleet.wait_all(weight_refs, "actor")
-        fleet.wait_all(sync_refs, "rollout")
-        return
+        if wait:
+            fleet.wait_all(sync_refs, "rollout")
+        return sync_refs
     rank0 = fleet.actor.workers[0]
     handle_refs = fleet.actor.call("share_full_state_dict", paths.count(IPC))
     host_ref = rank0.shared_host_copy.remote() if OBJECT_STORE in paths else None
@@ -150,3 +154,4 @@ def sync_weights(fleet: Fleet) -> None:
     fleet.wait_all(handle_refs, "actor")
     fleet.wait_all(sync_refs, "rollout")
     fleet.wait(rank0.release_shared_weights.remote(), WorkerId(ACTOR, 0))
+    return sync_refs

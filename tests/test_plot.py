@@ -34,7 +34,7 @@ def failed_run(tmp_path) -> Path:
         {"time": T0 + 2.2, "event": "save", "step": 2, "blocking_s": 0.2},
         {"time": T0 + 4.4, "event": "save", "step": 4, "blocking_s": 0.2},
         {"time": T0 + 6.6, "event": "save", "step": 6, "blocking_s": 0.2},  # of the lost attempt
-        {"time": T0 + 7.5, "event": "failure", "what": "actor[1]"},
+        {"time": T0 + 7.5, "event": "failure", "what": "actor[1]", "replaced_by": {"actor": "standby"}},
         {"time": T0 + 12.0, "event": "resumed", "step": 4, "source": "memory"},
         {"time": T0 + 13.5, "event": "recovered", "step": 5, "resumed_from": 4, "seconds_to_next_step": 6.0},
         {"time": T0 + 14.7, "event": "save", "step": 6, "blocking_s": 0.2},
@@ -50,7 +50,7 @@ def test_timeline_marks(failed_run):
     assert tl.steps == list(range(1, 9))
     assert tl.ends == pytest.approx([1.0, 2.0, 3.2, 4.2, 13.5, 14.5, 15.7, 16.7])  # since fresh_start
     assert [s for s, _ in tl.saves] == [2, 4, 6, 6]
-    assert tl.failures == [(pytest.approx(7.5), "actor[1]")]
+    assert tl.failures == [(pytest.approx(7.5), "actor[1] -> standby")]
     assert tl.resumes == [(4, pytest.approx(12.0))] and tl.memory_resumes == [pytest.approx(12.0)]
     assert tl.recoveries == [pytest.approx(13.5)]
 

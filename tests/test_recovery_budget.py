@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 from rayrl.failures import InfraFailure, ProgramError, WorkerId, check_finite
-from rayrl.recovery import MAX_BACKOFF_S, Recovery, RunFailed
+from rayrl.recovery import MAX_BACKOFF_S, NEW_PROCESS, STANDBY, Recovery, RunFailed, replacement_plan
 from rayrl.runlog import EventLog, read_jsonl
 
 
@@ -57,6 +57,27 @@ def test_a_recovery_is_one_event_with_what_died_where_the_step_and_the_seconds(e
     assert e["seconds_to_next_step"] > 1e9  # measured from time 1.0 (the first failure), not the second
     assert (e["source"], e["start_s"], e["load_s"], e["sync_s"]) == ("memory", 2.0, 0.5, 0.1)
     assert "resumed from step 8 (memory), step 9 finished" in e["message"]
+
+
+def test_standbys_take_the_lost_places_when_enough_are_ready():
+    lost = {"actor": {1}, "rollout": {0, 1}, "reference": {0}, "critic": None}
+    assert replacement_plan(lost, {"actor": 1, "rollout": 1, "critic": 4}) == {
+        "actor": STANDBY, "rollout": NEW_PROCESS, "reference": NEW_PROCESS, "critic": NEW_PROCESS}
+    assert replacement_plan({"actor": {0, 1}}, {"actor": 2}) == {"actor": STANDBY}
+    assert replacement_plan({"actor": set()}, {"actor": 2}) == {"actor": NEW_PROCESS}
+
+
+def test_the_recovered_event_says_how_each_group_was_replaced(events):
+    r = Recovery(events, max_restarts=3, backoff_s=0.0)
+    r.failed("actor[1]", "ActorDiedError", "node-1", replaced=["actor"], replaced_by={"actor": STANDBY})
+    r.failed("rollout[0]", "died while reloading", "node-1", replaced=["rollout"],
+             replaced_by={"rollout": NEW_PROCESS})  # the same incident: both groups
+    r.resumed(8)
+    r.step_finished(9)
+    (e,) = _named(events, "recovered")
+    assert e["replaced"] == ["actor", "rollout"], e
+    assert e["replaced_by"] == {"actor": STANDBY, "rollout": NEW_PROCESS}, e
+    assert "replacing actor (standby), rollout (new process)" in _named(events, "failure")[1]["message"]
 
 
 def test_failures_survive_pickling_as_ray_ships_them():

@@ -1,8 +1,8 @@
 """In-job recovery from the loss of a worker: SIGKILL of a rollout worker, of one actor rank and of the
 reference worker, each in the middle of its part of a step; SIGTERM (a preemption notice) to a worker; a
-hung worker. Each is detected, the group that lost a worker is replaced (the others keep their processes and
-reload), every group resumes from this run's latest checkpoint (from its copy in memory in the SIGKILL run,
-runner.checkpoint.memory_replicas=1; from storage in the other), and the run ends with exit 0 and the same
+hung worker. Each is detected, the lost worker's place is taken by a standby (runner.standby) or its group is
+replaced (the others keep their processes and reload), every group resumes from this run's latest checkpoint
+(from its copy in memory in the SIGKILL run, runner.checkpoint.memory_replicas=1; from storage in the other), and the run ends with exit 0 and the same
 weights and per-step rewards, bit for bit, as a run that was never interrupted."""
 
 from __future__ import annotations
@@ -44,18 +44,28 @@ def reference(tmp_path_factory):
 
 
 def test_sigkill_of_each_worker_role_mid_step(reference, tmp_path):
-    """With memory replicas: every recovery loads the newest committed step from memory. Right after the
-    actor rank's kill the test moves that step's actor files out of the checkpoint directory: the recovery
-    still resumes from that step, so it read none of them."""
-    proc = spawn_rayrl(tmp_path, *STEPS, "runner.max_restarts=3", "runner.checkpoint.memory_replicas=1")
-    killed_at, pids = [], []  # pids: each role's worker pids before each kill, then at the end
+    """With standbys (one actor, two rollout) and memory replicas: one rollout standby is killed while idle
+    (it is replaced, no recovery); the rollout worker's and the actor rank's places are taken by standbys
+    (the surviving rank keeps its process and re-forms the group with the standby); the reference restarts
+    in a new process; every recovery loads the newest committed step from memory. Right after the actor
+    rank's kill the test moves that step's actor files out of the checkpoint directory: the recovery still
+    resumes from that step, so it read none of them."""
+    proc = spawn_rayrl(tmp_path, *STEPS, "runner.max_restarts=3", "runner.checkpoint.memory_replicas=1",
+                       "runner.standby.actor=1", "runner.standby.rollout=2")
+    killed_at, pids, killed = [], [], []  # pids: each role's worker pids before each kill, then at the end
     moved = None  # (step, where its actor files went)
     try:
+        wait_running(proc, lambda: len(standby_pids(tmp_path, "actor")) == 1 and len(standby_pids(tmp_path, "rollout")) == 2,
+                     300, "the standbys ready")
+        idle = standby_pids(tmp_path, "rollout")[1]
+        os.kill(idle, signal.SIGKILL)
+        wait_running(proc, lambda: events_named(tmp_path, "standby_lost"), 300, "the idle standby's loss")
         for n, (title, _, checkpoint) in enumerate(KILLS):
             wait_running(proc, lambda: (tracker_step(tmp_path) or 0) >= checkpoint and
                          len(events_named(tmp_path, "recovered")) == n, 300, f"checkpoint of step {checkpoint}")
             pids.append(worker_pids(proc.pid))
-            os.kill(pid_busy_in(proc.pid, title, timeout=60), signal.SIGKILL)
+            killed.append(pid_busy_in(proc.pid, title, timeout=60))
+            os.kill(killed[-1], signal.SIGKILL)
             killed_at.append(time.time())
             if title.startswith("ray::ActorWorker"):  # the coordinator is stuck in the step: nothing commits now
                 newest = tracker_step(tmp_path)
@@ -68,28 +78,44 @@ def test_sigkill_of_each_worker_role_mid_step(reference, tmp_path):
         kill_session(proc)
     out = output_of(proc)
     assert rc == 0, out[-3000:]
-    failures = events_named(tmp_path, "failure")
+    failures = events_named(tmp_path, "failure")  # the idle standby's loss is none
     assert len(failures) == 3 and all(f["what"].startswith(label) for f, (_, label, _) in zip(failures, KILLS))
     assert all(f["counted"] and f["node"] and f["pid"] for f in failures), failures
-    for n, (f, (_, label, _)) in enumerate(zip(failures, KILLS)):  # only the killed worker's group restarted
+    (lost,) = events_named(tmp_path, "standby_lost")
+    assert (lost["role"], lost["pid"]) == ("rollout", idle), lost
+    recovered = events_named(tmp_path, "recovered")
+    assert [e["replaced_by"] for e in recovered] == [
+        {"rollout": "standby"}, {"actor": "standby"}, {"reference": "new process"}], recovered
+    for n, (f, (_, label, _)) in enumerate(zip(failures, KILLS)):  # only the killed worker's place changed
         role = label.split("[")[0]
         assert f["replaced"] == [role], f
-        assert all(pids[n][r] == pids[n + 1][r] and pids[n][r] for r in ROLES if r != role), (role, pids)
-        assert not pids[n][role] & pids[n + 1][role], (role, pids)
-    recovered = events_named(tmp_path, "recovered")
+        before, after = pids[n], pids[n + 1]
+        assert killed[n] not in after[role] and before[role], (role, pids)
+        if role == "reference":  # no standby: a new process
+            assert not before[role] & after[role], pids
+        kept = [r for r in ROLES if not r == role == "reference"]  # a standby's role: its other workers too
+        assert all(before[r] - {killed[n]} <= after[r] for r in kept), (role, pids)
+        if role != "reference":  # the standby that took the place was ready before the kill
+            assert standby_pids(tmp_path, role)[0] in before[role] & after[role], (role, pids)
     for e, (_, _, checkpoint) in zip(recovered, KILLS):
         assert e["resumed_from"] >= checkpoint and e["resumed_from"] % 4 == 0, e
         assert 0 < e["seconds_to_next_step"] < 300, e
         assert e["source"] == "memory" and e["load_s"] >= 0 and e["sync_s"] >= 0, e
+    assert recovered[1]["group_s"] > 0, recovered[1]  # the actor group re-formed with the standby
     assert recovered[1]["resumed_from"] == moved[0], (recovered[1], moved)  # its actor files were not there
     assert (moved[1] / ".metadata").is_file(), moved
     assert not (checkpoints_dir(tmp_path) / step_dir_name(moved[0]) / ACTOR_DIR).exists(), moved
     (memory,) = events_named(tmp_path, "memory_replicas")
     assert memory["enabled"] and memory["bytes_per_rank"] > 0, memory
-    assert "recovering from the latest checkpoint" in out and "recovered from the loss of actor[" in out
+    assert "replacing actor (standby)" in out and "recovered from the loss of actor[" in out
     assert rewards(tmp_path) == rewards(reference)  # every step once, same values
     assert_same_weights(final_weights(tmp_path, 20), final_weights(reference, 20))
     print("\n".join(["", *recovery_times(tmp_path, killed_at)]))
+
+
+def standby_pids(output_dir, role: str) -> list[int]:
+    """The pids of the standbys of ``role`` in the order they became ready."""
+    return [e["pid"] for e in events_named(output_dir, "standby_ready") if e["role"] == role]
 
 
 def test_sigterm_saves_the_current_step_and_a_hang_hits_the_step_timeout(reference, tmp_path):

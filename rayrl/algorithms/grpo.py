@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rayrl.algorithms.off_policy import importance_ratio
+
 # Bounds on log-ratios before exp(): exp(20) is ~5e8, finite in float32; beyond that the KL estimate is
 # meaningless anyway and an inf would poison the whole loss.
 _MAX_LOG_RATIO = 20.0
@@ -52,6 +54,10 @@ def policy_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO-clip surrogate plus kl_coef * k3 KL, summed over response tokens and divided by token_count.
 
+    old_logp: the log-probs of the policy that sampled the tokens (the behaviour policy): the current
+    policy's before the update when sampling is synchronous, the generating engine's when rollouts run
+    ahead (rollout.async_steps), so that the ratio is the off-policy importance ratio, clipped alike.
+
     token_count is the number of response tokens in the GLOBAL batch: each data-parallel shard divides its
     own sum by the same number, so the shards' losses (and gradients) add up to exactly what one process
     computing the whole batch would get. Default: this call's mask.sum() (a plain token mean).
@@ -62,7 +68,7 @@ def policy_loss(
     denom = max(denom, 1.0)
     adv = advantages.to(logp.dtype).unsqueeze(-1)
 
-    ratio = torch.exp(logp - old_logp)
+    ratio = importance_ratio(logp, old_logp)
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_ratio, 1.0 + clip_ratio)
     pg_tokens = torch.maximum(unclipped, clipped)

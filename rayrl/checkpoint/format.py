@@ -10,6 +10,8 @@ spells these names through this module, so the format has one definition (DESIGN
                                             state keys MODEL_KEY and OPTIMIZER_KEY, EXTRA_STATE_FILE per rank
         rollout/worker_<I>.pt               ROLLOUT_DIR, ROLLOUT_STATE_FILE
         data/data.pt                        DATA_DIR, DATA_STATE_FILE
+        data/rollouts_ahead.pt              ROLLOUTS_AHEAD_FILE: finished rollouts of later steps
+                                            (rollout.async_steps), whose prompts data.pt already handed out
         hf/                                 HF_DIR: the periodic Hugging Face export (export_hf_every)
         trainer_state.json                  TRAINER_STATE_FILE
         manifest.json                       MANIFEST_FILE, written last
@@ -46,6 +48,7 @@ OPTIMIZER_KEY = "optimizer"
 
 ROLLOUT_STATE_FILE = "worker_{index}.pt"  # inside ROLLOUT_DIR
 DATA_STATE_FILE = "data.pt"  # inside DATA_DIR
+ROLLOUTS_AHEAD_FILE = "rollouts_ahead.pt"  # inside DATA_DIR, only when a step's checkpoint has rollouts ahead
 
 # manifest.json
 MANIFEST_VERSION = 1  # the newest format_version this code reads and the one it writes

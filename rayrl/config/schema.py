@@ -94,6 +94,14 @@ class CheckpointConfig:
 
 
 @dataclass
+class StandbyConfig:
+    """Spare worker processes per role, started with the fleet, that take a lost worker's place."""
+
+    actor: int = _field(0, _ge(0))  # spare actor ranks (each reserves what a rank does: a GPU on GPU)
+    rollout: int = _field(0, _ge(0))  # spare rollout engines
+
+
+@dataclass
 class RunnerConfig:
     """The run as a whole: where it writes, how long it runs, how it saves, resumes and recovers."""
 
@@ -114,6 +122,7 @@ class RunnerConfig:
     deterministic: bool = False  # GPU: deterministic kernels (torch, cuBLAS, vLLM batch-invariant); CPU is always exact
     # split: actor, rollout and reference in processes of their own; colocated: all three in each actor rank
     placement: str = _field("split", _one_of("split", "colocated"))
+    standby: StandbyConfig = field(default_factory=StandbyConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
@@ -173,6 +182,7 @@ class RolloutConfig:
     max_new_tokens: int = _field(12, _ge(1))  # response length limit
     temperature: float = _field(1.0, _gt(0))  # sampling temperature
     top_p: float = _field(1.0, _within(0, 1, lo_open=True))  # nucleus sampling mass
+    async_steps: int = _field(0, _ge(0))  # k: rollouts run up to k steps ahead of training (0: synchronous)
 
 
 @dataclass
@@ -258,6 +268,7 @@ def validate(cfg: RayRLConfig) -> None:
         raise ConfigError(f"actor.world_size: must be <= data.batch_size * rollout.n_samples_per_prompt, "
                           f"or some ranks get no sample (got {cfg.actor.world_size})")
     _check_colocated(cfg)
+    _check_async(cfg)
     _check_elastic(cfg)
     model = cfg.actor.model
     if cfg.actor.mixed_precision and model.dtype != "float32":
@@ -275,6 +286,10 @@ def _check_colocated(cfg: RayRLConfig) -> None:
     on GPU rollout.num_gpus_per_worker is the share of the rank's GPU an engine takes while awake."""
     if cfg.runner.placement != "colocated":
         return
+    for role in ("actor", "rollout"):
+        if getattr(cfg.runner.standby, role) > 0:
+            raise ConfigError(f"runner.standby.{role}: standbys need runner.placement=split (a colocated rank "
+                              "hosts its engine and reference, which a spare would have to build too)")
     if cfg.actor.num_gpus_per_worker == 0:
         for key in ("rollout", "reference"):
             if getattr(cfg, key).num_gpus_per_worker > 0:
@@ -284,6 +299,19 @@ def _check_colocated(cfg: RayRLConfig) -> None:
         raise ConfigError(f"rollout.num_gpus_per_worker: with runner.placement=colocated on GPU, the share of each "
                           f"actor rank's GPU its engine takes while awake; must be in (0, 1) "
                           f"(got {cfg.rollout.num_gpus_per_worker:g})")
+
+
+def _check_async(cfg: RayRLConfig) -> None:
+    """Rollouts ahead of training need engines in processes of their own (colocated engines share the actor
+    ranks' processes, so nothing overlaps) that can give their policy's log-probs (the hf engine)."""
+    if cfg.rollout.async_steps == 0:
+        return
+    if cfg.runner.placement != "split":
+        raise ConfigError("rollout.async_steps: needs runner.placement=split (colocated engines run in the actor's "
+                          f"processes, so generation cannot overlap training); got {cfg.runner.placement}")
+    if cfg.rollout.backend != "hf":
+        raise ConfigError("rollout.async_steps: needs rollout.backend=hf (the engine gives the behaviour "
+                          f"log-probs of what it generated); got {cfg.rollout.backend}")
 
 
 def _check_elastic(cfg: RayRLConfig) -> None:

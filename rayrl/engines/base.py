@@ -23,6 +23,8 @@ class Rollouts:
     response_texts: list[str]
     pad_id: int
     scores: list[dict[str, float]] | None = None  # per sample, when scored where generated (rayrl.data.scoring)
+    logprobs: torch.Tensor | None = None  # [N, R] the generating policy's (rollout.async_steps > 0), else None
+    gen_s: float = 0.0  # seconds the generating worker took (the slowest one's, after concat)
 
     @staticmethod
     def concat(parts: list["Rollouts"]) -> "Rollouts":
@@ -46,6 +48,9 @@ class Rollouts:
             response_texts=[t for p in parts for t in p.response_texts],
             pad_id=pad_id,
             scores=None if any(p.scores is None for p in parts) else [s for p in parts for s in p.scores],
+            logprobs=(None if any(p.logprobs is None for p in parts)
+                      else torch.cat([pad(p.logprobs, r_len, 0.0, False) for p in parts])),
+            gen_s=max(p.gen_s for p in parts),
         )
 
 
@@ -57,6 +62,11 @@ class GenerationEngine(Protocol):
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Replace the policy weights in place (full, unsharded tensors keyed by HF names)."""
+
+    def logprobs(self, rollouts: Rollouts) -> torch.Tensor:
+        """[N, R] the log-probs the engine's current policy gives the response tokens of ``rollouts`` (the
+        behaviour policy's, for the off-policy ratio when rollouts run ahead of training). Only engines that
+        rollout.async_steps > 0 accepts have it (the config refuses the others)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything sampling depends on besides the weights (RNG state)."""

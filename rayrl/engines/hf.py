@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import torch
 
 from rayrl.engines.base import Rollouts
+from rayrl.models.forward import response_logprobs
 from rayrl.models.loading import load_model_and_tokenizer
 from rayrl.tensors import response_mask_from
 
@@ -32,6 +33,7 @@ class HFEngine:
         self.max_new_tokens = cfg.rollout.max_new_tokens
         self.temperature = cfg.rollout.temperature
         self.top_p = cfg.rollout.top_p
+        self.micro_batch_size = cfg.actor.micro_batch_size  # for the behaviour log-probs, as the reference
         seed = cfg.runner.seed * SEED_STRIDE + worker_index + 1
         self.generators = {"rng": torch.Generator().manual_seed(seed)}  # state_dict keys; "rng": CPU
         if self.device.type == "cuda":
@@ -65,6 +67,12 @@ class HFEngine:
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict, strict=True)
+
+    @torch.no_grad()
+    def logprobs(self, rollouts: Rollouts) -> torch.Tensor:
+        """The same forward pass as the actor's (rayrl.models.forward), with this engine's weights."""
+        return response_logprobs(self.model, rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids,
+                                 rollouts.response_mask, self.micro_batch_size).cpu()
 
     def state_dict(self) -> dict[str, Any]:
         return {name: g.get_state() for name, g in self.generators.items()}

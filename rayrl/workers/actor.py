@@ -37,11 +37,31 @@ class ActorWorker(WorkerBase):
         self.rank, self.world_size = rank, world_size
         self._shared: dict[str, torch.Tensor] = {}  # rank 0: the full weights the ipc engines map (weight sync)
 
+    def warm(self) -> dict[str, Any]:
+        """A standby: import what joining the group and building the sharded policy need, and build the
+        model's structure once (transformers' model classes), so that taking a rank costs only the group
+        and the sharded build (which needs the group)."""
+        from rayrl.checkpoint.sharded import ShardedCheckpointIO  # noqa: F401 -- imported ahead
+        from rayrl.models.loading import load_model_and_tokenizer
+        from rayrl.workers.policy import build_sharded_policy  # noqa: F401 -- imported ahead
+
+        load_model_and_tokenizer(self.cfg.actor.model, self.cfg.runner.seed, on_meta=True)
+        return super().warm()
+
+    def assume(self, index: int) -> None:
+        super().assume(index)
+        self.rank = index
+
     def setup(self, master_addr: str, master_port: int) -> None:
-        """Join the group, build the sharded policy, optimizer and LR schedule."""
+        """Join the group, build the sharded policy, optimizer and LR schedule. A rank already in a group
+        (a standby took a lost rank's place) leaves it first: every member joins the new rendezvous, and
+        the policy is built anew over the new group (its state is loaded next)."""
         from rayrl.checkpoint.sharded import ShardedCheckpointIO
         from rayrl.workers.policy import build_optimizer, build_scheduler, build_sharded_policy
 
+        if dist.is_initialized():
+            self.ckpt.abandon()  # a save in flight when the rank was lost cannot complete
+            self.shutdown()
         cfg = self.cfg
         use_cuda = self.device.type == "cuda"
         dist.init_process_group(
@@ -71,8 +91,11 @@ class ActorWorker(WorkerBase):
         n_micro = _num_micro_batches(batch["advantages"].shape[0], self.world_size, cfg.actor.micro_batch_size)
         micro = [torch.tensor_split(torch.arange(len(rows)), n_micro)[i] for i in range(n_micro)]
         self.model.train()
-        with torch.no_grad():
-            old_logp = torch.cat([self._logp(part, m) for m in micro])
+        if "behaviour_logp" in part:  # generated ahead by an older policy (rollout.async_steps): its log-probs
+            old_logp = part["behaviour_logp"]
+        else:
+            with torch.no_grad():
+                old_logp = torch.cat([self._logp(part, m) for m in micro])
         sums = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
         grad_norm = torch.zeros(())
         for _ in range(acfg.ppo_epochs):
@@ -294,6 +317,7 @@ class ActorWorker(WorkerBase):
             seed_rng_state(derived_seed(self.cfg.runner.seed, "actor", self.rank, step))
 
     def shutdown(self) -> None:
+        """Close the checkpoint I/O and leave the process group (FSDP's mesh goes with it)."""
         self.ckpt.close()
         if dist.is_initialized():
             dist.destroy_process_group()

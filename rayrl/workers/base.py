@@ -46,6 +46,16 @@ class WorkerBase:
                 "node": ray.get_runtime_context().get_node_id(), "preemption_notice": self.preemption_notice,
                 "device": self.device_info}
 
+    def warm(self) -> dict[str, Any]:
+        """What a standby does ahead of taking a place (rayrl.workers.standby): by default nothing more than
+        its constructor did. Answers as ``ping``."""
+        return self.ping()
+
+    def assume(self, index: int) -> None:
+        """This standby takes the place of the lost worker ``index`` of its role. Nothing else depends on the
+        index a standby was built with: the lost worker's state is loaded into it next (memory or storage)."""
+        self.index = index
+
     def read_storage_marker(self, path: str, nonce: str) -> dict[str, Any]:
         """Whether this worker sees the marker the coordinator wrote (``problem`` None), and where it runs."""
         import ray

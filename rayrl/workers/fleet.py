@@ -1,20 +1,23 @@
 """The worker groups of a run, one per role of ``roles.role_specs`` (actor, rollout, reference) that has
 processes of its own (a role hosted by another lives and dies with its host's): built together; after a
-failure only the groups that lost a worker (or sit on a lost node) are replaced, the others are kept and
-reloaded."""
+failure only the groups that lost a worker (or sit on a lost node) are replaced, by standbys or new
+processes (rayrl.recovery.replacement_plan decides), the others are kept and reloaded."""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 import ray
 from ray.exceptions import RayActorError
 
 from rayrl.failures import InfraFailure, WorkerId, gather
+from rayrl.recovery import NEW_PROCESS, STANDBY
 from rayrl.workers.group import HostedGroup, WorkerGroup
 from rayrl.workers.roles import ACTOR, REFERENCE, ROLLOUT, RoleSpec, role_specs
 from rayrl.workers.weight_sync import choose_paths
+from rayrl.workers.standby import Standbys
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +27,11 @@ PROBE_TIMEOUT_S = 3.0
 class Fleet:
     """Owns every worker of a run; the coordinator talks to workers only through this."""
 
-    def __init__(self, cfg: Any, owner: str = "", sizes: dict[str, int] | None = None) -> None:
+    def __init__(self, cfg: Any, owner: str = "", sizes: dict[str, int] | None = None,
+                 emit: Callable[..., None] | None = None) -> None:
         """``owner``: the coordinator's actor id, which tags the placement groups (group.remove_leftovers);
-        ``sizes``: workers per role where not the configured number (an elastic run below its size)."""
+        ``sizes``: workers per role where not the configured number (an elastic run below its size);
+        ``emit``: where the standbys' events go (events.jsonl)."""
         self.cfg, self.owner = cfg, owner
         self.specs = {spec.name: spec for spec in role_specs(cfg) if spec.enabled(cfg)}
         self.sizes = {name: spec.size(cfg) for name, spec in self.specs.items()} | (sizes or {})
@@ -35,6 +40,9 @@ class Fleet:
         self.devices: dict[WorkerId, dict[str, Any]] = {}  # worker -> its weight_sync.device_info, from the same
         # split placement: each rollout engine's weight-sync path and why (rayrl.workers.weight_sync), per start
         self.weight_paths: list[tuple[str, str]] | None = None
+        self.standbys = Standbys(cfg, self.specs, emit or (lambda event, message, **fields: log.info(message)))
+        self._reform: set[str] = set()  # groups whose process group is re-formed at the next start
+        self.group_s = 0.0  # how long the last start took to form process groups (their ranks up, joined, built)
 
     def _new_group(self, spec: RoleSpec) -> WorkerGroup:
         """A group of role ``spec`` with its placement group requested and no workers yet (see start)."""
@@ -82,22 +90,32 @@ class Fleet:
             g.wait_ready(runner.resource_wait_s, report)
         for g in new:
             g.spawn(lambda i, g=g: self.specs[g.name].args(cfg, i, g.size))
+        if not self.standbys.started:  # with the fleet, importing while it starts; later ones at step ends
+            self.standbys.top_up(self._groups, self.where)
         bound = max(runner.step_timeout_s, runner.resource_wait_s)
-        new_names = {g.name for g in new}
-        workers = [(wid, w) for wid, w in self.workers() if wid.role in new_names]
+        joining = {g.name for g in new} | self._reform  # new groups, and groups a standby joined
+        workers = [(wid, w) for wid, w in self.workers() if wid.role in joining or wid not in self.where]
         pings = {wid: w.ping.remote() for wid, w in workers}
         calls: list[ray.ObjectRef] = []
         ranks: list[WorkerId] = []
-        for g in new:
-            if self.specs[g.name].process_group:  # join once all are up; builds while the others start
+        t0 = time.perf_counter()
+        for g in self.groups:
+            if g.name in joining and self.specs[g.name].process_group:  # join once all are up
                 calls += self._join_process_group(g, pings, bound)
                 ranks += [WorkerId(g.name, i) for i in range(g.size)]
+        self._gather(calls, ranks, bound)  # the other workers go on starting meanwhile
+        self.group_s = time.perf_counter() - t0 if calls else 0.0
         others = [wid for wid, _ in workers if wid not in ranks]
-        results = self._gather(calls + [pings[wid] for wid in others], ranks + others, bound)
-        self._locate(others, results[len(calls):])
+        self._locate(others, self._gather([pings[wid] for wid in others], others, bound))
+        self._reform.clear()
         if self.host_of(ROLLOUT) is None:
             self.weight_paths = self._choose_weight_paths()
-        return new_names
+        return {wid.role for wid, _ in workers}
+
+    def tend_standbys(self) -> None:
+        """At a step boundary: replace the standbys that took a place or were lost while idle (so that they
+        do not slow a recovery down); nothing waits for them."""
+        self.standbys.tend(self._groups, self.where)
 
     def _choose_weight_paths(self) -> list[tuple[str, str]]:
         """Each rollout engine's weight-sync path, from where it and actor rank 0 run and what they see."""
@@ -127,35 +145,73 @@ class Fleet:
         addr, port = self.wait(group.workers[0].rendezvous_address.remote(single_node), ranks[0])
         return group.call("setup", addr, port)
 
-    def failed_groups(self, failure: InfraFailure) -> set[str]:
-        """The groups to replace after ``failure``: those of the failed workers, of any worker found dead
-        now, and of every worker on a node that is gone or going (a lost node, a preemption notice).
-        Everything when the failure names no group of this fleet."""
+    def lost_workers(self, failure: InfraFailure) -> dict[str, set[int] | None]:
+        """The workers ``failure`` took down, per group: the failed workers, any found dead now, and every
+        worker on a node that is gone or going (a lost node, a preemption notice). A group's None: all of
+        it (the failure named the group, not a worker). Every group when the failure names none of this
+        fleet's. Groups with standbys are probed whole, to tell which of their workers survived."""
         names = {g.name for g in self.groups}
-        failed = {self._in_group(w).role for w in failure.workers}
-        if not failed or not failed <= names:
-            return names
-        failed |= {w.role for w in self.find_dead(skip=failed)}
-        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-        lost = {info["node"] for info in self.where.values() if info["node"] not in alive}
-        if failure.node_lost:
-            lost |= {self.location((w,))["node"] for w in failure.workers} | ({failure.node} if failure.node else set())
-        failed |= {w.role for w, info in self.where.items() if info["node"] in lost}
-        return failed
+        failed = [self._in_group(w) for w in failure.workers]
+        if not failed or not {w.role for w in failed} <= names:
+            return dict.fromkeys(names)
+        lost: dict[str, set[int] | None] = {}
 
-    def replace(self, names: set[str]) -> None:
-        """Kill the groups ``names`` and put new, empty ones in their place (``start`` brings them up)."""
-        for name in sorted(names):
-            self._groups[name].kill()
+        def add(worker: WorkerId) -> None:
+            if worker.index is None:
+                lost[worker.role] = None
+            elif lost.get(worker.role, set()) is not None:
+                lost.setdefault(worker.role, set()).add(worker.index)
+
+        for worker in failed:
+            add(worker)
+        for worker in self.find_dead(skip={role for role in lost if role not in self.standbys.targets}):
+            add(worker)
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        gone = {info["node"] for info in self.where.values() if info["node"] not in alive}
+        if failure.node_lost:
+            gone |= {self.location((w,))["node"] for w in failure.workers} | ({failure.node} if failure.node else set())
+        for worker, info in list(self.where.items()):
+            if info["node"] in gone:
+                add(worker)
+        return lost
+
+    def replace(self, plan: dict[str, str], lost: dict[str, set[int] | None]) -> None:
+        """Make the groups of ``plan`` whole: ``standby``, its lost workers' places taken by standbys (the
+        group's other workers kept; a process group is re-formed at ``start``); else the group killed and
+        new, empty one put in its place (``start`` brings it up)."""
+        for name, how in sorted(plan.items()):
+            group = self._groups[name]
+            if how == STANDBY:
+                self._take_standbys(group, sorted(lost[name] or ()))
+                continue
+            self.standbys.release(group)
+            group.kill()
             self._groups[name] = self._new_group(self.specs[name])
-        self.where = {w: info for w, info in self.where.items() if w.role not in names}
-        self.devices = {w: info for w, info in self.devices.items() if w.role not in names}
+            self.where = {w: info for w, info in self.where.items() if w.role != name}
+            self.devices = {w: info for w, info in self.devices.items() if w.role != name}
+
+    def _take_standbys(self, group: WorkerGroup, indices: list[int]) -> None:
+        """Standbys in the places ``indices`` of ``group``; the lost workers' bundles are freed for the next."""
+        for index, spare in zip(indices, self.standbys.take(group.name, len(indices)), strict=True):
+            try:
+                ray.kill(group.workers[index], no_restart=True)
+            except Exception:  # noqa: BLE001 -- already dead
+                pass
+            if group.bundle_of[index] is not None:
+                group.vacated.append(group.bundle_of[index])
+            group.bundle_of[index] = spare.bundle if spare.pg is group.pg else None
+            spare.handle.assume.remote(index)  # before any later call: a caller's calls run in order
+            group.workers[index] = spare.handle
+            self.where.pop(WorkerId(group.name, index), None)
+            self.devices.pop(WorkerId(group.name, index), None)
+        if self.specs[group.name].process_group:
+            self._reform.add(group.name)
 
     def resize(self, sizes: dict[str, int]) -> None:
         """Replace each group whose size ``sizes`` changes with a new, empty one of that size."""
         changed = {name for name, size in sizes.items() if name in self._groups and self._groups[name].size != size}
         self.sizes.update(sizes)
-        self.replace(changed)
+        self.replace(dict.fromkeys(changed, NEW_PROCESS), {})
 
     def _locate(self, workers: list[WorkerId], pings: list[dict[str, Any]]) -> None:
         self.where.update({w: {"node": p["node"], "pid": p["pid"]} for w, p in zip(workers, pings)})
@@ -222,5 +278,6 @@ class Fleet:
         return {"node": None, "pid": None}
 
     def shutdown(self) -> None:
+        self.standbys.shutdown()
         for g in self.groups:
             g.kill()

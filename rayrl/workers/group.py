@@ -29,6 +29,10 @@ class WorkerGroup:
         self.pg = placement_group([dict(bundle) for _ in range(size)], strategy=strategy,
                                   name=f"{_prefix(owner)}{name}-{uuid.uuid4().hex[:8]}")
         self.workers: list[ray.actor.ActorHandle] = []
+        # the bundle each worker sits in (None: a standby that took a place, with resources of its own), and
+        # the bundles whose worker was lost and replaced by a standby: free for the next standby
+        self.bundle_of: list[int | None] = list(range(size))
+        self.vacated: list[int] = []
 
     def wait_ready(self, timeout_s: float, report: Callable[[str], None] = log.info) -> None:
         """Wait for the placement group, reporting what is awaited every so often. Past the bound it is an

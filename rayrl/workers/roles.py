@@ -26,7 +26,9 @@ class RoleSpec:
     torch.distributed group (``setup(master_addr, master_port)``) once they are all up. ``host``: the role
     whose processes host this one (runner.placement colocated): it has no workers of its own, one per host
     worker instead, and its calls go to the host's ``hosted`` method. ``minimum(cfg)``: the fewest workers
-    the role may continue with when lost resources do not come back (None: not elastic; rayrl.elastic)."""
+    the role may continue with when lost resources do not come back (None: not elastic; rayrl.elastic).
+    ``standbys(cfg)``: spare workers of the role, started with the fleet, that take a lost worker's place
+    (rayrl.workers.standby)."""
 
     name: str
     cls: type
@@ -37,6 +39,7 @@ class RoleSpec:
     process_group: bool = False
     host: str | None = None
     minimum: Callable[[Any], int | None] = lambda cfg: None
+    standbys: Callable[[Any], int] = lambda cfg: 0
 
     def resources(self, cfg: Any) -> tuple[float, float]:
         """CPUs and GPUs that each worker of this role reserves."""
@@ -47,10 +50,10 @@ class RoleSpec:
 ROLES: tuple[RoleSpec, ...] = (
     RoleSpec(ACTOR, ActorWorker, size=lambda cfg: cfg.actor.world_size,
              args=lambda cfg, rank, size: (cfg, rank, size), process_group=True,
-             minimum=lambda cfg: cfg.actor.min_world_size),
+             minimum=lambda cfg: cfg.actor.min_world_size, standbys=lambda cfg: cfg.runner.standby.actor),
     RoleSpec(ROLLOUT, RolloutWorker, size=lambda cfg: cfg.rollout.num_workers,
              args=lambda cfg, index, size: (cfg, index), strategy="SPREAD",
-             minimum=lambda cfg: cfg.rollout.min_workers),
+             minimum=lambda cfg: cfg.rollout.min_workers, standbys=lambda cfg: cfg.runner.standby.rollout),
     RoleSpec(REFERENCE, ReferenceWorker, size=lambda cfg: 1, args=lambda cfg, index, size: (cfg, index),
              enabled=lambda cfg: cfg.reference.enabled),
 )

@@ -6,6 +6,7 @@ own (runner.placement split) or an actor rank (colocated, rayrl.workers.colocate
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -33,20 +34,31 @@ class Sampler:
             from rayrl.data.tasks import run_reward_specs
 
             self.scorer = Scorer(run_reward_specs(cfg.data), cfg.data.reward_timeout_s, cfg.runner.seed)
+        self.behaviour_logprobs = cfg.rollout.async_steps > 0  # the trainer no longer has this policy
+        self.idle_since: float | None = None  # when the last generation ended
 
     def generate(self, items: list[dict], n: int, step: int, first: int) -> Rollouts:
         """``n`` responses to each prompt item (its prompt rendered with the tokenizer's chat template when it
         is chat messages), scored here when this worker scores; ``first``: the index of its first sample in
-        the step."""
+        the step. With rollouts ahead of training, also the generating policy's log-probs."""
+        start = time.perf_counter()
         prompts = [render_prompt(item["prompt"], self.engine.tokenizer) for item in items]
         rollouts = self.engine.generate(prompts, n, step)
+        if self.behaviour_logprobs:
+            rollouts.logprobs = self.engine.logprobs(rollouts)
         if self.scorer is not None:
             ids = [row[mask.bool()].tolist() for row, mask in zip(rollouts.response_ids, rollouts.response_mask)]
             rollouts.scores = self.scorer.score(items, rollouts.response_texts, ids, n, step, first)
+        self.idle_since = time.perf_counter()
+        rollouts.gen_s = self.idle_since - start
         return rollouts
 
-    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> float:
+        """Load a new policy; returns how long this engine sat idle since its last generation, waiting for
+        it (0 before the first generation)."""
+        waited = time.perf_counter() - self.idle_since if self.idle_since is not None else 0.0
         self.engine.load_weights(state_dict)
+        return waited
 
     def load_shared_weights(self, handles: dict[str, list]) -> None:
         """Load the weights behind actor rank 0's handles (the ipc path of rayrl.workers.weight_sync) and
