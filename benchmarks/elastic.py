@@ -14,15 +14,12 @@ Quick mode measures nothing (it would only start a cluster and a driver).
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
-import tempfile
-from pathlib import Path
 
+from benchmarks.cluster import local_cluster, titles_below
 from benchmarks.common import Figure, Settings, ratio_figure
 from benchmarks.driver import launch
 from benchmarks.lifecycle import checkpoint_after
-from benchmarks.recovery import FAST_HEALTH_CHECK, _environ, _titles_below
 
 NAME = "elastic"
 RANKS = 2
@@ -58,14 +55,7 @@ def _warm_steps(metrics: list[dict], size: int) -> list[dict]:
 
 def elastic_run(settings: Settings) -> list[dict]:
     """The metrics.jsonl records of one run that shrinks from RANKS to RANKS-1 and grows back."""
-    from ray.cluster_utils import Cluster
-
-    tmp = tempfile.mkdtemp(prefix="rrb-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    (Path(tmp) / "ray").mkdir()
-    with _environ("RAY_TMPDIR", tmp):  # where Cluster records its address
-        cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 0, "temp_dir": tmp, "include_dashboard": False, "_system_config": dict(FAST_HEALTH_CHECK)})
-    try:
+    with local_cluster() as (cluster, tmp):
         nodes = [cluster.add_node(num_cpus=1, temp_dir=tmp) for _ in range(RANKS + 1)]
         cluster.wait_for_nodes()
         run = launch(settings.work_dir / "elastic", "elastic", [
@@ -74,7 +64,7 @@ def elastic_run(settings: Settings) -> list[dict]:
             "runner.resource_wait_s=5"], ray_address=cluster.address)
         try:
             run.wait_for(f"the checkpoint of step {KILL_AFTER - 1}", checkpoint_after(KILL_AFTER - 2), TIMEOUT_S)
-            victim = next(n for n in nodes if _titles_below(n, "ray::ActorWorker"))
+            victim = next(n for n in nodes if titles_below(n, "ray::ActorWorker"))
             cluster.remove_node(victim, allow_graceful=False)
             run.wait_for(f"step {GROW_AT} on fewer ranks", lambda r: r.events_named("resized")
                          and r.metrics[-1]["step"] >= GROW_AT, TIMEOUT_S)
@@ -83,6 +73,3 @@ def elastic_run(settings: Settings) -> list[dict]:
         finally:
             run.kill()
         return [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    finally:
-        cluster.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -14,21 +14,16 @@ nodes and each rank's second memory copy on the other's; the
 node of one actor rank is killed (raylet and workers, no goodbye) and the time to the next finished step is
 taken: that rank's shards come from its copy on the surviving node. The GCS health check is tightened (checks
 0.5 s apart, 3 misses), so that a killed node is declared dead in about 2 s rather than after the defaults'
-much longer wait. Each figure carries its recovery's split (recovery_split) and the memory the copies take.
+much longer wait (benchmarks.cluster). Each figure carries its recovery's split (recovery_split) and the memory the copies take.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
-from typing import Iterator
 
+from benchmarks.cluster import FAST_HEALTH_CHECK, local_cluster, titles_below
 from benchmarks.common import Figure, Settings, ratio_figure
-from benchmarks.driver import descendants, launch, process_title
+from benchmarks.driver import launch
 from benchmarks.lifecycle import (
     TIMEOUT_S, checkpoint_after, overrides, recovery_split, run_lifecycle, step_just_finished,
 )
@@ -37,8 +32,6 @@ NAME = "recovery"
 TARGET = 0.2  # issue 15: an actor rank's loss at most a fifth of a cold restart's time to the next step
 NODE_LOSS_TARGET = 0.3  # issue 15: a node's loss, with a replacement available
 ROLLOUT_TARGET = 0.15  # issue 15: a rollout worker's loss, with a standby
-FAST_HEALTH_CHECK = {"health_check_period_ms": 500, "health_check_timeout_ms": 500,
-                     "health_check_failure_threshold": 3}
 WORKER_NODES, WORKER_CPUS = 2, 3  # an actor rank (2 CPUs) and one other worker per node
 SPARE_CPUS = 6  # room for every group the loss of one worker node replaces, however Ray places them
 STEPS_AFTER = 2
@@ -68,14 +61,7 @@ def run(settings: Settings) -> list[Figure]:
 def node_loss_recovery(settings: Settings) -> tuple[float, dict]:
     """Seconds from killing an actor rank's node to the next finished step, on a spare node; the split,
     with the host memory the copies take per rank."""
-    from ray.cluster_utils import Cluster
-
-    tmp = tempfile.mkdtemp(prefix="rrb-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    (Path(tmp) / "ray").mkdir()
-    with _environ("RAY_TMPDIR", tmp):  # where Cluster records its address
-        cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 0, "temp_dir": tmp, "include_dashboard": False, "_system_config": dict(FAST_HEALTH_CHECK)})
-    try:
+    with local_cluster() as (cluster, tmp):
         nodes = [cluster.add_node(num_cpus=WORKER_CPUS, temp_dir=tmp) for _ in range(WORKER_NODES)]
         cluster.wait_for_nodes()
         run = launch(settings.work_dir / "node_loss", "node-loss",
@@ -88,7 +74,7 @@ def node_loss_recovery(settings: Settings) -> tuple[float, dict]:
             if not settings.quick:  # the actor standby, placed on the spare node as it joined
                 run.wait_for("the actor standby", lambda r: r.events_named("standby_ready"), TIMEOUT_S)
             run.wait_for("a finished step", step_just_finished, TIMEOUT_S)
-            victim = next(n for n in nodes if _titles_below(n, "ray::ActorWorker"))
+            victim = next(n for n in nodes if titles_below(n, "ray::ActorWorker"))
             killed_at = time.time()
             cluster.remove_node(victim, allow_graceful=False)
             recovered = run.wait_for("recovery", lambda r: r.events_named("recovered"), TIMEOUT_S)[0]
@@ -100,24 +86,3 @@ def node_loss_recovery(settings: Settings) -> tuple[float, dict]:
             return recovered["time"] - killed_at, split
         finally:
             run.kill()
-    finally:
-        cluster.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _environ(key: str, value: str) -> Iterator[None]:
-    saved = os.environ.get(key)
-    os.environ[key] = value
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ[key]
-        else:
-            os.environ[key] = saved
-
-
-def _titles_below(node, prefix: str) -> list[str]:
-    raylet = node.all_processes["raylet"][0].process.pid
-    return [t for t in map(process_title, descendants(raylet)) if t.startswith(prefix)]
