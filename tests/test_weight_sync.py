@@ -107,7 +107,8 @@ def test_engines_on_both_paths_load_the_actors_weights_bit_for_bit(two_nodes):
             assert loaded.keys() == actor.keys()
             assert all(torch.equal(loaded[k], actor[k]) for k in actor), f"the {path} engine's weights differ"
         rank0_pid = fleet.where[WorkerId("actor", 0)]["pid"]
-        left = [f for f in os.listdir("/dev/shm") if f.startswith(f"torch_{rank0_pid}_")]
+        fds = f"/proc/{rank0_pid}/fd"
+        left = [link for link in (os.readlink(f"{fds}/{fd}") for fd in os.listdir(fds)) if "rayrl-weights" in link]
         assert left == [], f"shared memory of rank 0 left after the sync: {left}"
     finally:
         fleet.shutdown()

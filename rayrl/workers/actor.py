@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -26,6 +26,9 @@ from rayrl.config import ConfigError
 from rayrl.models.forward import response_logprobs
 from rayrl.workers.base import WorkerBase
 
+if TYPE_CHECKING:
+    from rayrl.workers.weight_sync import SharedWeights
+
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +38,7 @@ class ActorWorker(WorkerBase):
     def __init__(self, cfg: Any, rank: int, world_size: int) -> None:
         super().__init__(cfg, role="actor", index=rank)
         self.rank, self.world_size = rank, world_size
-        self._shared: dict[str, torch.Tensor] = {}  # rank 0: the full weights the ipc engines map (weight sync)
+        self._shared: SharedWeights | None = None  # rank 0: the full weights the ipc engines map (weight sync)
 
     def warm(self) -> dict[str, Any]:
         """A standby: import what joining the group and building the sharded policy need, and build the
@@ -143,7 +146,7 @@ class ActorWorker(WorkerBase):
 
         from rayrl.workers.weight_sync import export_handles
 
-        self._shared = {}  # a sync that failed half-way left these: freed now
+        self.release_shared_weights()  # a sync that failed half-way left these: freed now
         full = {}
         for name, tensor in get_model_state_dict(self.model, options=StateDictOptions()).items():
             whole = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
@@ -157,7 +160,7 @@ class ActorWorker(WorkerBase):
     def shared_host_copy(self) -> dict[str, torch.Tensor]:
         """Rank 0: the kept full weights as host tensors, for the engines on the object-store path of the
         same sync (engines on other nodes)."""
-        return {name: t.to("cpu", copy=True) for name, t in self._shared.items()}  # not views of the buffers
+        return {name: t.to("cpu", copy=True) for name, t in self._shared.tensors.items()}  # not views of the buffers
 
     def shared_memory_room(self) -> dict[str, int]:
         """Rank 0: the full weights' bytes and /dev/shm's free bytes (the ipc path's choice on CPU)."""
@@ -167,7 +170,9 @@ class ActorWorker(WorkerBase):
 
     def release_shared_weights(self) -> None:
         """Every engine has loaded the shared weights: free them (on a GPU, the blocks the engines mapped)."""
-        self._shared = {}
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
         if self.device.type == "cuda":
             torch.cuda.ipc_collect()
         self._release_cached_memory()

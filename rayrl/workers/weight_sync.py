@@ -2,7 +2,7 @@
 
 - ``ipc`` (an engine on the node of actor rank 0): rank 0 keeps the gathered full weights in memory that the
   engine's process can map (on a GPU: the CUDA memory they were gathered into, exported as CUDA IPC handles;
-  on CPU: host shared memory, torch's file_system sharing) and sends the engines only handles, through Ray.
+  on CPU: anonymous shared-memory files, memfd, that the engine opens through /proc/<pid>/fd) and sends the engines only handles, through Ray.
   Each engine opens them, copies the weights into its model and lets go; rank 0 frees the memory once every
   engine has answered. Nothing of the weights passes through Ray's object store or the host (on a GPU).
 - ``object_store`` (the fallback, and the only path across nodes): the full weights as host tensors through
@@ -15,15 +15,14 @@ No Ray here: the GPU smoke suite drives both halves in two plain processes.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
-import torch.multiprocessing
-from torch.multiprocessing.reductions import (rebuild_cuda_tensor, rebuild_storage_filename, reduce_storage,
-                                              reduce_tensor)
+from torch.multiprocessing.reductions import rebuild_cuda_tensor, reduce_tensor
 
 IPC, OBJECT_STORE = "ipc", "object_store"
-# What rank 0 sends each ipc engine: the shared host buffers' rebuild arguments, and per tensor (name, "cpu",
+# What rank 0 sends each ipc engine: the shared host buffers (pid, fd, dtype, elements), and per tensor (name, "cpu",
 # (buffer index, dtype, shape, element offset)) or (name, "cuda", (GPU UUID, rebuild_cuda_tensor's arguments))
 Handles = dict[str, list]
 SHM_DIR = "/dev/shm"  # where torch's file_system sharing puts host buffers (shm_open)
@@ -80,17 +79,34 @@ def paths_event(paths: list[tuple[str, str]]) -> tuple[str, dict[str, Any]]:
     return f"weight sync: {line}", {"paths": [p for p, _ in paths], "reasons": [why for _, why in paths]}
 
 
-def export_handles(state_dict: dict[str, torch.Tensor], receivers: int) -> tuple[Handles, dict[str, torch.Tensor]]:
-    """Handles to the tensors of ``state_dict`` that ``receivers`` processes of this node can open (each
-    exactly once), and the tensors they point to, which the caller keeps alive until every receiver has
-    answered. CUDA tensors are exported where they are (one handle each); host tensors are first copied into
-    one shared-memory buffer per dtype (a shared buffer is a file and a mapping: one per tensor would cost
-    more than the copy, for the many small tensors of a model). A receiver that dies before opening its
-    handles leaves a buffer's file in /dev/shm until this process ends (torch's shm manager removes it then)."""
+class SharedWeights:
+    """Rank 0's full weights while the ipc engines map them: the tensors, and the memory files the host ones
+    live in. ``close`` lets go of both; the memory is freed once the engines have dropped their mappings too."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], fds: list[int]) -> None:
+        self.tensors, self.fds = tensors, fds
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.tensors, self.fds = {}, []
+
+
+def export_handles(state_dict: dict[str, torch.Tensor], receivers: int) -> tuple[Handles, SharedWeights]:
+    """Handles to the tensors of ``state_dict`` that ``receivers`` processes of this node can open, and what
+    they point to, which the caller keeps until every receiver has answered. CUDA tensors are exported where
+    they are (one handle each); host tensors are first copied into one shared-memory file per dtype (a file
+    and a mapping per tensor would cost more than the copy, for the many small tensors of a model).
+
+    The host files are memfds (no name in any filesystem, no helper process): a receiver opens one through
+    /proc/<pid>/fd/<fd> of this process, and the memory goes when the last mapping and descriptor do, so a
+    crash leaves nothing behind. torch's own file_system sharing is not used: it starts torch_shm_manager, a
+    child that inherits this process's descriptors, the process group's sockets among them, and keeps them
+    open after this process dies, so the other ranks never see the loss and hang in their collectives."""
     tensors: list[tuple[str, str, tuple]] = []
     kept: dict[str, torch.Tensor] = {}
     host = {name: t for name, t in state_dict.items() if not t.is_cuda}
-    buffers, views = _pack_into_shared_memory(host)
+    buffers, fds, views = _pack_into_shared_memory(host)
     for name, tensor in state_dict.items():
         if tensor.is_cuda:
             _, args = reduce_tensor(tensor)  # rebuild_cuda_tensor's; torch counts the receivers' references itself
@@ -100,24 +116,28 @@ def export_handles(state_dict: dict[str, torch.Tensor], receivers: int) -> tuple
             index, offset, view = views[name]
             tensors.append((name, "cpu", (index, view.dtype, tuple(view.shape), offset)))
             kept[name] = view
-    buffer_args = []
-    for buffer in buffers:
-        for _ in range(receivers):  # one reference in flight per receiver, which its open takes over
-            _, args = reduce_storage(buffer.untyped_storage())  # rebuild_storage_filename's
-        buffer_args.append(args)
-    return {"buffers": buffer_args, "tensors": tensors}, kept
+    buffer_args = [(os.getpid(), fd, buffer.dtype, buffer.numel()) for buffer, fd in zip(buffers, fds)]
+    return {"buffers": buffer_args, "tensors": tensors}, SharedWeights(kept, fds)
 
 
 def _pack_into_shared_memory(host: dict[str, torch.Tensor]
-                             ) -> tuple[list[torch.Tensor], dict[str, tuple[int, int, torch.Tensor]]]:
-    """Copy ``host`` into one flat shared-memory buffer per dtype; the buffers, and per name the buffer's
-    index, the element offset in it and the view there. Shared under the file_system strategy: its handle
-    is a file name that any process of the node opens (the default strategy passes file descriptors over a
-    connection between the two processes, which the Ray message that carries the handle is not)."""
-    torch.multiprocessing.set_sharing_strategy("file_system")
+                             ) -> tuple[list[torch.Tensor], list[int], dict[str, tuple[int, int, torch.Tensor]]]:
+    """Copy ``host`` into one flat shared-memory file (a memfd) per dtype; the buffers, their descriptors, and
+    per name the buffer's index, the element offset in it and the view there."""
     dtypes = list(dict.fromkeys(t.dtype for t in host.values()))
-    buffers = [torch.empty(sum(t.numel() for t in host.values() if t.dtype == dtype), dtype=dtype).share_memory_()
-               for dtype in dtypes]
+    buffers, fds = [], []
+    for dtype in dtypes:
+        numel = max(1, sum(t.numel() for t in host.values() if t.dtype == dtype))
+        fd = os.memfd_create(f"rayrl-weights-{str(dtype).removeprefix('torch.')}")
+        try:
+            os.ftruncate(fd, numel * torch.empty(0, dtype=dtype).element_size())
+            buffers.append(torch.from_file(f"/proc/self/fd/{fd}", shared=True, size=numel, dtype=dtype))
+        except BaseException:
+            os.close(fd)
+            for other in fds:
+                os.close(other)
+            raise
+        fds.append(fd)
     views, filled = {}, [0] * len(dtypes)
     for name, tensor in host.items():
         index = dtypes.index(tensor.dtype)
@@ -125,13 +145,14 @@ def _pack_into_shared_memory(host: dict[str, torch.Tensor]
         view = buffers[index][offset:offset + tensor.numel()].view(tensor.shape)
         views[name] = (index, offset, view.copy_(tensor))
         filled[index] += tensor.numel()
-    return buffers, views
+    return buffers, fds, views
 
 
 def open_handles(handles: Handles) -> dict[str, torch.Tensor]:
     """The tensors behind ``export_handles``' handles, mapped into this process (nothing is copied): CUDA
     ones on this process's index of the exporting GPU. Drop them once loaded, so the exporter can free them."""
-    storages = [rebuild_storage_filename(*args) for args in handles["buffers"]]
+    storages = [torch.from_file(f"/proc/{pid}/fd/{fd}", shared=True, size=numel, dtype=dtype).untyped_storage()
+                for pid, fd, dtype, numel in handles["buffers"]]
     out: dict[str, torch.Tensor] = {}
     local_index: dict[str, int] = {}
     for name, kind, payload in handles["tensors"]:
