@@ -2,8 +2,7 @@
 reference worker, each in the middle of its part of a step; SIGTERM (a preemption notice) to a worker; a
 hung worker. Each is detected, the lost worker's place is taken by a standby (runner.standby) or its group is
 replaced (the others keep their processes and reload), every group resumes from this run's latest checkpoint
-(from its copy in memory in the SIGKILL run, runner.checkpoint.memory_replicas=1, until every actor process is
-killed at once and both copies are gone; from storage in the other), and the run ends with exit 0 and the same
+(from its copy in memory in the SIGKILL run, runner.checkpoint.memory_replicas=1; from storage in the other), and the run ends with exit 0 and the same
 weights and per-step rewards, bit for bit, as a run that was never interrupted."""
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ def test_sigkill_of_each_worker_role_mid_step(reference, tmp_path):
     in a new process; every recovery loads the newest committed step from memory. Right after the actor
     rank's kill the test moves that step's actor files out of the checkpoint directory: the recovery still
     resumes from that step, so it read none of them."""
-    proc = spawn_rayrl(tmp_path, *STEPS, "runner.max_restarts=4", "runner.checkpoint.memory_replicas=1",
+    proc = spawn_rayrl(tmp_path, *STEPS, "runner.max_restarts=3", "runner.checkpoint.memory_replicas=1",
                        "runner.standby.actor=1", "runner.standby.rollout=2")
     killed_at, pids, killed = [], [], []  # pids: each role's worker pids before each kill, then at the end
     moved = None  # (step, where its actor files went)
@@ -74,28 +73,19 @@ def test_sigkill_of_each_worker_role_mid_step(reference, tmp_path):
                 shutil.move(checkpoints_dir(tmp_path) / step_dir_name(newest) / ACTOR_DIR, moved[1])
             wait_running(proc, lambda: len(events_named(tmp_path, "recovered")) > n, 300, f"recovery {n + 1}")
         pids.append(worker_pids(proc.pid))
-        # Every actor process at once (both ranks and the standby): both copies of every shard are gone, so
-        # the actor group restarts in new processes and this recovery reads storage.
-        wait_running(proc, lambda: (tracker_step(tmp_path) or 0) >= 16, 300, "the checkpoint of step 16")
-        for pid in worker_pids(proc.pid)["actor"]:
-            os.kill(pid, signal.SIGKILL)
-        wait_running(proc, lambda: len(events_named(tmp_path, "recovered")) == 4, 300, "the recovery from storage")
         rc = proc.wait(timeout=300)
     finally:
         kill_session(proc)
     out = output_of(proc)
     assert rc == 0, out[-3000:]
     failures = events_named(tmp_path, "failure")  # the idle standby's loss is none
-    assert len(failures) == 4 and all(f["what"].startswith(label) for f, (_, label, _) in zip(failures, KILLS))
+    assert len(failures) == 3 and all(f["what"].startswith(label) for f, (_, label, _) in zip(failures, KILLS))
     assert all(f["counted"] and f["node"] and f["pid"] for f in failures), failures
-    lost = events_named(tmp_path, "standby_lost")[0]
+    (lost,) = events_named(tmp_path, "standby_lost")
     assert (lost["role"], lost["pid"]) == ("rollout", idle), lost
     recovered = events_named(tmp_path, "recovered")
     assert [e["replaced_by"] for e in recovered] == [
-        {"rollout": "standby"}, {"actor": "standby"}, {"reference": "new process"}, {"actor": "new process"}
-    ], recovered
-    assert failures[3]["what"].startswith("actor[") and recovered[3]["source"] == "storage", recovered[3]
-    assert recovered[3]["resumed_from"] == 16, recovered[3]
+        {"rollout": "standby"}, {"actor": "standby"}, {"reference": "new process"}], recovered
     for n, (f, (_, label, _)) in enumerate(zip(failures, KILLS)):  # only the killed worker's place changed
         role = label.split("[")[0]
         assert f["replaced"] == [role], f
