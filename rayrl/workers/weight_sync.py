@@ -25,7 +25,7 @@ IPC, OBJECT_STORE = "ipc", "object_store"
 # What rank 0 sends each ipc engine: the shared host buffers (pid, fd, dtype, elements), and per tensor (name, "cpu",
 # (buffer index, dtype, shape, element offset)) or (name, "cuda", (GPU UUID, rebuild_cuda_tensor's arguments))
 Handles = dict[str, list]
-SHM_DIR = "/dev/shm"  # where torch's file_system sharing puts host buffers (shm_open)
+SHM_DIR = "/dev/shm"  # its free room stands in for the node's free shared memory (memfds, Ray's object store)
 SHM_MARGIN = 2  # the ipc path on CPU wants this many copies of the weights free there (Ray's store shares it)
 _CUDA_DEVICE_ARG = 6  # the position of the exporting process's device index in rebuild_cuda_tensor's arguments
 
