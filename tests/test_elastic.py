@@ -7,6 +7,9 @@ to the resize."""
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 import torch
 
@@ -16,11 +19,11 @@ from rayrl.elastic import Elastic, bundles_that_fit
 from rayrl.failures import InfraFailure, WorkerId
 from rayrl.runlog import EventLog, read_jsonl
 from tests.support import (
-    REPO, RECOVERY_STEPS, env_for_tests, events_named, final_weights, kill_session, last_step, ledger, output_of,
+    REPO, RECOVERY_STEPS, descendants, env_for_tests, events_named, final_weights, kill_session, last_step, ledger, output_of,
     read_metrics, rewards, spawn_rayrl, start_local_cluster, stop_local_cluster, tracker_step, uninterrupted_run,
     wait_running,
 )
-from tests.test_recovery_cluster import FAST_HEALTH_CHECK, _workers_below
+from tests.test_recovery_cluster import FAST_HEALTH_CHECK, _raylet_pid, _workers_below
 
 
 def test_bundles_that_fit_count_per_node_and_stop_at_the_limit():
@@ -100,7 +103,16 @@ def test_a_lost_node_shrinks_the_actor_group_and_a_new_node_grows_it_back(tmp_pa
             cluster.remove_node(doomed, allow_graceful=False)
             wait_running(proc, lambda: events_named(tmp_path, "resized"), 300, "the actor group to shrink")
             wait_running(proc, lambda: last_step(tmp_path) >= 10, 300, "step 10 on one rank")
-            cluster.add_node(num_cpus=1, temp_dir=cluster.temp_dir)
+            # The rollout worker is held (SIGSTOP) while the node joins, so that the short run cannot end
+            # before the next step boundary sees the node.
+            (rollout,) = [pid for n in nodes if n is not doomed for pid, cmd in descendants(_raylet_pid(n))
+                          if cmd.startswith("ray::RolloutWorker")]
+            os.kill(rollout, signal.SIGSTOP)
+            try:
+                cluster.add_node(num_cpus=1, temp_dir=cluster.temp_dir)
+                cluster.wait_for_nodes()
+            finally:
+                os.kill(rollout, signal.SIGCONT)
             rc = proc.wait(timeout=300)
         finally:
             kill_session(proc)
