@@ -347,8 +347,7 @@ class Coordinator:
                 t0 = time.perf_counter()
                 exporting = export_every and step % export_every == 0
                 pipeline.settle()  # a checkpoint holds finished rollouts only
-                saved_state = trainer_state(cfg, step, metrics, pipeline.consumed_samples,
-                                            {"actor": fleet.actor.size, "rollout": fleet.rollout.size})
+                saved_state = trainer_state(cfg, step, metrics)
                 self.manager.save(step, [*parts, export] if exporting else parts, saved_state)
                 self.replicas.on_save(step, fleet, saved_state, pipeline)
                 blocking = time.perf_counter() - t0

@@ -25,10 +25,10 @@ def config_to_dict(cfg: RayRLConfig) -> dict[str, Any]:
     return data
 
 
-def trainer_state(cfg: RayRLConfig, step: int, metrics: dict[str, Any], consumed_samples: int,
-                  world_sizes: dict[str, int]) -> dict[str, Any]:
+def trainer_state(cfg: RayRLConfig, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
     """What a checkpoint records of the run besides the workers' state (trainer_state.json): the step, its
-    metrics, the sizes it ran with, the config in force and the versions that wrote it."""
+    metrics line (and from it the samples consumed, the epoch and the sizes it ran with), the config in force
+    and the versions that wrote it."""
     import platform
 
     import ray
@@ -37,8 +37,10 @@ def trainer_state(cfg: RayRLConfig, step: int, metrics: dict[str, Any], consumed
     import rayrl
 
     return {
-        "global_step": step, "consumed_samples": consumed_samples, "epoch": metrics["epoch"], "metrics": metrics,
-        "world_sizes": world_sizes, "config": config_to_dict(cfg),
+        "global_step": step, "consumed_samples": metrics["consumed_samples"], "epoch": metrics["epoch"],
+        "metrics": metrics,
+        "world_sizes": {"actor": metrics["actor_world_size"], "rollout": metrics["rollout_workers"]},
+        "config": config_to_dict(cfg),
         "versions": {"rayrl": rayrl.__version__, "torch": torch.__version__, "ray": ray.__version__,
                      "python": platform.python_version()},
     }

@@ -36,8 +36,8 @@ class Fleet:
         self.specs = {spec.name: spec for spec in role_specs(cfg) if spec.enabled(cfg)}
         self.sizes = {name: spec.size(cfg) for name, spec in self.specs.items()} | (sizes or {})
         self._groups = {name: self._new_group(spec) for name, spec in self.specs.items() if spec.host is None}
-        self.where: dict[WorkerId, dict[str, Any]] = {}  # worker -> {"node", "pid"}, from the start-up pings
-        self.devices: dict[WorkerId, dict[str, Any]] = {}  # worker -> its weight_sync.device_info, from the same
+        # worker -> {"node", "pid", "device": its weight_sync.device_info}, from the start-up pings
+        self.where: dict[WorkerId, dict[str, Any]] = {}
         # split placement: each rollout engine's weight-sync path and why (rayrl.workers.weight_sync), per start
         self.weight_paths: list[tuple[str, str]] | None = None
         self.standbys = Standbys(cfg, self.specs, emit or (lambda event, message, **fields: log.info(message)))
@@ -120,7 +120,7 @@ class Fleet:
     def _choose_weight_paths(self) -> list[tuple[str, str]]:
         """Each rollout engine's weight-sync path, from where it and actor rank 0 run and what they see."""
         def info(worker: WorkerId) -> dict[str, Any]:
-            return {**self.where[worker], **self.devices[worker]}
+            return {"node": self.where[worker]["node"], **self.where[worker]["device"]}
 
         source = info(WorkerId(ACTOR, 0))
         if source["device"] == "cpu":  # host shared memory must have room for the weights
@@ -188,7 +188,6 @@ class Fleet:
             group.kill()
             self._groups[name] = self._new_group(self.specs[name])
             self.where = {w: info for w, info in self.where.items() if w.role != name}
-            self.devices = {w: info for w, info in self.devices.items() if w.role != name}
 
     def _take_standbys(self, group: WorkerGroup, indices: list[int]) -> None:
         """Standbys in the places ``indices`` of ``group``; the lost workers' bundles are freed for the next."""
@@ -203,7 +202,6 @@ class Fleet:
             spare.handle.assume.remote(index)  # before any later call: a caller's calls run in order
             group.workers[index] = spare.handle
             self.where.pop(WorkerId(group.name, index), None)
-            self.devices.pop(WorkerId(group.name, index), None)
         if self.specs[group.name].process_group:
             self._reform.add(group.name)
 
@@ -214,8 +212,7 @@ class Fleet:
         self.replace(dict.fromkeys(changed, NEW_PROCESS), {})
 
     def _locate(self, workers: list[WorkerId], pings: list[dict[str, Any]]) -> None:
-        self.where.update({w: {"node": p["node"], "pid": p["pid"]} for w, p in zip(workers, pings)})
-        self.devices.update({w: p["device"] for w, p in zip(workers, pings)})
+        self.where.update({w: {"node": p["node"], "pid": p["pid"], "device": p["device"]} for w, p in zip(workers, pings)})
 
     def workers(self) -> list[tuple[WorkerId, ray.actor.ActorHandle]]:
         return [(WorkerId(g.name, i), w) for g in self.groups for i, w in enumerate(g.workers)]
@@ -269,7 +266,7 @@ class Fleet:
         bundle's node when it failed before answering a ping (none for a whole group)."""
         first = self._in_group(workers[0]) if workers else None
         if first in self.where:
-            return dict(self.where[first])
+            return {"node": self.where[first]["node"], "pid": self.where[first]["pid"]}
         group = self._groups.get(first.role) if first is not None else None
         if group is not None and group.pg is not None and first.index is not None:
             nodes = group.node_ids()
