@@ -189,6 +189,19 @@ class Fleet:
             self._groups[name] = self._new_group(self.specs[name])
             self.where = {w: info for w, info in self.where.items() if w.role != name}
 
+    def replace_workers(self, role: str, indices: list[int], how: str) -> None:
+        """In the job, new workers in the places ``indices`` of the group of ``role`` (its other workers kept):
+        ready standbys (``how`` STANDBY) or new processes in the lost workers' reservations, brought up
+        (and located) as at any start."""
+        group = self._groups[role]
+        if how == STANDBY:
+            self._take_standbys(group, indices)
+        else:
+            for index in indices:
+                group.respawn(index, self.specs[role].args(self.cfg, index, group.size))
+                self.where.pop(WorkerId(role, index), None)
+        self.start()
+
     def _take_standbys(self, group: WorkerGroup, indices: list[int]) -> None:
         """Standbys in the places ``indices`` of ``group``; the lost workers' bundles are freed for the next."""
         for index, spare in zip(indices, self.standbys.take(group.name, len(indices)), strict=True):
@@ -217,11 +230,12 @@ class Fleet:
     def workers(self) -> list[tuple[WorkerId, ray.actor.ActorHandle]]:
         return [(WorkerId(g.name, i), w) for g in self.groups for i, w in enumerate(g.workers)]
 
-    def find_dead(self, skip: set[str] = frozenset()) -> list[WorkerId]:
-        """Workers whose process or node is gone (roles in ``skip`` not probed). Only an error answer
-        means dead: a busy worker (e.g. blocked in a collective) does not answer a ping within the probe
-        bound and counts as alive."""
-        workers = [(wid, w) for wid, w in self.workers() if wid.role not in skip]
+    def find_dead(self, skip: set[str] = frozenset(), among: list[WorkerId] | None = None) -> list[WorkerId]:
+        """Workers whose process or node is gone (roles in ``skip`` not probed; only ``among`` when given).
+        Only an error answer means dead: a busy worker (e.g. blocked in a collective) does not answer a
+        ping within the probe bound and counts as alive."""
+        workers = [(wid, w) for wid, w in self.workers()
+                   if wid.role not in skip and (among is None or wid in among)]
         if not workers:
             return []
         probes = [w.ping.remote() for _, w in workers]
@@ -236,9 +250,10 @@ class Fleet:
                     dead.append(wid)
         return dead
 
-    def wait_all(self, refs: list[ray.ObjectRef], role: str) -> list[Any]:
-        """Results of one call per worker of ``role`` (ref i is worker i's), within runner.step_timeout_s."""
-        return self._gather(refs, [WorkerId(role, i) for i in range(len(refs))])
+    def wait_all(self, refs: list[ray.ObjectRef], role: str, indices: list[int] | None = None) -> list[Any]:
+        """Results of one call per worker of ``role`` (ref i is worker i's, or worker ``indices[i]``'s), within
+        runner.step_timeout_s."""
+        return self._gather(refs, [WorkerId(role, i) for i in (range(len(refs)) if indices is None else indices)])
 
     def wait_checkpoint(self, refs: list[ray.ObjectRef], role: str, doing: str) -> list[Any]:
         """``wait_all`` for checkpoint I/O (``doing``: what, for the error), bounded by its own
@@ -256,10 +271,18 @@ class Fleet:
                       timeout_key=timeout_key, doing=doing)
 
     def preemption_notices(self) -> list[WorkerId]:
-        """Workers that received SIGTERM since they started."""
-        workers = self.workers()
-        pings = self._gather([w.ping.remote() for _, w in workers], [wid for wid, _ in workers])
-        return [wid for (wid, _), p in zip(workers, pings) if p["preemption_notice"]]
+        """Workers that received SIGTERM since they started. A rollout worker found dead here is left to the
+        rollout pipeline, which replaces it in the job when it next waits for it (rayrl.regenerate)."""
+        pings = {wid: w.ping.remote() for wid, w in self.workers()}
+        while True:
+            try:
+                answers = self._gather(list(pings.values()), list(pings))
+                return [wid for wid, p in zip(pings, answers) if p["preemption_notice"]]
+            except InfraFailure as failure:
+                lost = set(failure.workers)
+                if any(w.role != ROLLOUT for w in lost) or not lost <= set(self.find_dead(among=list(lost))):
+                    raise
+                pings = {wid: ref for wid, ref in pings.items() if wid not in lost}
 
     def location(self, workers: tuple[WorkerId, ...]) -> dict[str, Any]:
         """Where the first of ``workers`` ran: its node id and pid, falling back to its placement-group
