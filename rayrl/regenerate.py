@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from rayrl.failures import InfraFailure, ProgramError, WorkerId
 from rayrl.recovery import RunFailed, regenerates, replacement_plan
 from rayrl.workers.roles import ROLLOUT
-
-if TYPE_CHECKING:
-    from rayrl.pipeline import RolloutPipeline
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +50,11 @@ def reissue_calls(pinned: list[tuple[int, int]], current: int) -> list[tuple[str
     return calls
 
 
-def retrying(pipeline: RolloutPipeline, call: Callable[[], T], reissue: bool = True) -> T:
+def retrying(pipeline: Any, call: Callable[[], T], reissue: bool = True) -> T:
     """``call()``, recovering in the job from the loss of rollout workers it meets (``recover``) and calling
     it again, until it succeeds; any other failure goes up as it is, and so does the loss when recovering
-    from it in the job fails unexpectedly (the full recovery takes over)."""
+    from it in the job fails unexpectedly (the full recovery takes over). ``pipeline``: the
+    rayrl.pipeline.RolloutPipeline whose calls these are (its module is a layer above this one)."""
     while True:
         try:
             return call()
@@ -73,7 +71,7 @@ def retrying(pipeline: RolloutPipeline, call: Callable[[], T], reissue: bool = T
                 raise
 
 
-def recover(pipeline: RolloutPipeline, failure: InfraFailure, reissue: bool = True) -> bool:
+def recover(pipeline: Any, failure: InfraFailure, reissue: bool = True) -> bool:
     """Recover from ``failure`` in the job when it lost rollout workers only; False (nothing done) when not.
     ``reissue`` False: only replace them (the caller repeats the call that met the loss, e.g. a weight sync)."""
     fleet, recovery = pipeline.fleet, pipeline.recovery

@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
     {"config", "algorithms", "models", "failures", "runlog", "trackers"},  # config: checkpoint's names
     {"run_lock", "engines", "console", "plot", "recovery", "export", "managers"},
     {"workers"},
+    {"regenerate"},  # the pipeline's in-job recovery from lost rollout workers
     {"pipeline"},
     {"participants", "step", "replicas", "elastic", "shared_storage"},
     {"coordinator"},
