@@ -7,6 +7,7 @@ import torch
 
 from rayrl.config import load_config
 from rayrl.engines.hf import HFEngine, owned_rng
+from rayrl.models.forward import response_logprobs
 
 TINY = ["actor.model.hidden_size=32", "actor.model.num_layers=1", "actor.model.num_heads=2",
         "actor.model.intermediate_size=64", "rollout.max_new_tokens=8"]
@@ -41,3 +42,14 @@ def test_engine_streams_differ_per_worker_advance_per_step_and_resume() -> None:
     resumed.load_state_dict(saved)
     assert torch.equal(resumed.generate(PROMPTS, 4, 1).response_ids, step1.response_ids)
     assert torch.equal(resumed.generate(PROMPTS, 4, 2).response_ids, step2.response_ids)
+
+
+def test_behaviour_logprobs_are_the_actors_forward_and_leave_the_samples_alone() -> None:
+    """Asked for them (rollouts ahead of training), the engine returns the log-probs of the actor's forward
+    pass on its own weights, at any sampling temperature; asking does not change what is sampled."""
+    cfg = load_config(None, [*TINY, "rollout.temperature=0.5"])
+    engine, plain = HFEngine(cfg, 0), HFEngine(cfg, 0)
+    r = engine.generate(PROMPTS, 4, 1, logprobs=True)
+    assert torch.equal(r.response_ids, plain.generate(PROMPTS, 4, 1).response_ids)
+    want = response_logprobs(engine.model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)
+    assert torch.equal(r.logprobs, want)

@@ -57,16 +57,14 @@ class Rollouts:
 class GenerationEngine(Protocol):
     """What a rollout worker needs from an engine."""
 
-    def generate(self, prompts: list[str], n: int, step: int) -> Rollouts:
-        """Sample ``n`` responses per prompt; ``step`` lets engines derive per-request seeds."""
+    def generate(self, prompts: list[str], n: int, step: int, logprobs: bool = False) -> Rollouts:
+        """Sample ``n`` responses per prompt; ``step`` lets engines derive per-request seeds. ``logprobs``: also
+        the log-probs the engine's policy gave the sampled tokens (``Rollouts.logprobs``, the behaviour policy's
+        for the off-policy ratio when rollouts run ahead of training), from the model's logits before
+        temperature and top-p, as the actor's forward pass computes them (rayrl.models.forward)."""
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Replace the policy weights in place (full, unsharded tensors keyed by HF names)."""
-
-    def logprobs(self, rollouts: Rollouts) -> torch.Tensor:
-        """[N, R] the log-probs the engine's current policy gives the response tokens of ``rollouts`` (the
-        behaviour policy's, for the off-policy ratio when rollouts run ahead of training). Only engines that
-        rollout.async_steps > 0 accepts have it (the config refuses the others)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything sampling depends on besides the weights (RNG state)."""
