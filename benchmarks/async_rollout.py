@@ -3,12 +3,14 @@ synchronous loop (async_steps=0)?
 
 Two runs of the real driver, one after the other in this benchmark run, with the same model, batch, seed and
 step count, on a job where generation is at least half of the synchronous step: the default tiny model with
-longer responses (``MAX_NEW_TOKENS``), 8 prompts x 8 samples, no reference worker, no checkpoints. The figure is the median step time (``time_s``)
+longer responses (``MAX_NEW_TOKENS``), 8 prompts x 8 samples, no reference worker, no checkpoints, one actor
+rank and one rollout worker (``ACTOR_RANKS``): each worker process computes on one thread, so on a two-core
+machine the two roles get a core each, as on a cluster they get devices of their own. The figure is the median step time (``time_s``)
 with async_steps=1 over the synchronous run's, warm-up steps left out. Overlapping the two phases cannot do
 better than max(gen, rest) / (gen + rest), where gen is the synchronous run's generation (``gen_time_s``)
 and rest the remainder of its step (scoring, training, the weight sync): that bound is reported beside the
-figure. The rollout worker and the actor ranks are separate processes that share this machine's cores, so
-the overlap is limited by the cores as well as by the bound.
+figure. With more actor ranks than the cores left beside the rollout worker, the overlap is limited by the
+cores as well as by the bound.
 
 Quick mode measures nothing (two more driver launches would only repeat what the smoke test already runs):
 it says so and returns no figure.
@@ -24,6 +26,7 @@ from benchmarks.driver import launch
 NAME = "pipeline"
 STEPS, WARMUP = 12, 2
 MAX_NEW_TOKENS = 128
+ACTOR_RANKS = 1
 TIMEOUT_S = 1800.0
 
 
@@ -37,7 +40,7 @@ def run(settings: Settings) -> list[Figure]:
         run_ = launch(settings.work_dir / "pipeline", f"async{k}", [
             f"runner.max_steps={STEPS}", "runner.save_interval=0", "reference.enabled=false",
             "data.batch_size=8", "rollout.n_samples_per_prompt=8", f"rollout.max_new_tokens={MAX_NEW_TOKENS}",
-            f"rollout.async_steps={k}",
+            f"rollout.async_steps={k}", f"actor.world_size={ACTOR_RANKS}", "rollout.num_workers=1",
         ])
         try:
             run_.wait_exit(TIMEOUT_S)
@@ -52,4 +55,4 @@ def run(settings: Settings) -> list[Figure]:
                          bound=round(max(gen, rest) / (gen + rest), 3), sync_gen_s=round(gen, 3),
                          sync_rest_s=round(rest, 3), gen_share=round(gen / (gen + rest), 3),
                          async_wait_rollouts_s=round(statistics.median(r["gen_time_s"] for r in records[1]), 3),
-                         max_new_tokens=MAX_NEW_TOKENS, steps=STEPS, warmup=WARMUP)]
+                         max_new_tokens=MAX_NEW_TOKENS, actor_ranks=ACTOR_RANKS, steps=STEPS, warmup=WARMUP)]

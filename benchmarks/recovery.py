@@ -10,9 +10,11 @@ new process, and the rollout worker's loss is skipped (said when it runs).
 Node loss: a ``ray.cluster_utils.Cluster`` on this machine (a head without CPUs for the driver and the
 coordinator, two worker nodes of 3 CPUs that the fleet fills, and a spare node of 6 CPUs added once the
 fleet is up), joined through RAY_ADDRESS. Each actor rank reserves 2 CPUs, so the two ranks sit on the two
-nodes and each rank's second memory copy on the other's; the
-node of one actor rank is killed (raylet and workers, no goodbye) and the time to the next finished step is
-taken: that rank's shards come from its copy on the surviving node. The GCS health check is tightened (checks
+nodes and each rank's second memory copy on the other's; a standby of each role is placed on the spare node as
+it joins. The node of the actor rank that shares it with the rollout worker is killed (raylet and workers, no
+goodbye: a replacement is available for each of its workers; the other node's reference worker has no standby,
+the role has none, and would be started anew) and the time to the next finished step is taken: that rank's
+shards come from its copy on the surviving node. The GCS health check is tightened (checks
 0.5 s apart, 3 misses), so that a killed node is declared dead in about 2 s rather than after the defaults'
 much longer wait (benchmarks.cluster). Each figure carries its recovery's split (recovery_split) and the memory the copies take.
 """
@@ -65,16 +67,17 @@ def node_loss_recovery(settings: Settings) -> tuple[float, dict]:
         nodes = [cluster.add_node(num_cpus=WORKER_CPUS, temp_dir=tmp) for _ in range(WORKER_NODES)]
         cluster.wait_for_nodes()
         run = launch(settings.work_dir / "node_loss", "node-loss",
-                     [*overrides(settings), "actor.num_cpus_per_worker=2", "runner.standby.rollout=0"],
+                     [*overrides(settings), "actor.num_cpus_per_worker=2"],
                      ray_address=cluster.address)
         try:
             run.wait_for("a committed checkpoint", checkpoint_after(0), TIMEOUT_S)
             cluster.add_node(num_cpus=SPARE_CPUS, temp_dir=tmp)  # now: the fleet is placed on the other two
             cluster.wait_for_nodes()
-            if not settings.quick:  # the actor standby, placed on the spare node as it joined
-                run.wait_for("the actor standby", lambda r: r.events_named("standby_ready"), TIMEOUT_S)
+            if not settings.quick:  # the standbys, placed on the spare node as it joined
+                run.wait_for("a standby of each role", lambda r: len(r.events_named("standby_ready")) >= 2, TIMEOUT_S)
             run.wait_for("a finished step", step_just_finished, TIMEOUT_S)
-            victim = next(n for n in nodes if titles_below(n, "ray::ActorWorker"))
+            victim = next(n for n in nodes
+                          if titles_below(n, "ray::ActorWorker") and titles_below(n, "ray::RolloutWorker"))
             killed_at = time.time()
             cluster.remove_node(victim, allow_graceful=False)
             recovered = run.wait_for("recovery", lambda r: r.events_named("recovered"), TIMEOUT_S)[0]

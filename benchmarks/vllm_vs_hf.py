@@ -34,7 +34,7 @@ def _config(size: str, backend: str, args: argparse.Namespace):
 
 def _tokens_per_s(engine, prompts: list[str], n: int, step: int) -> float:
     t0 = time.perf_counter()
-    out = engine.generate(prompts, n, step)
+    out = engine.generate(prompts, n, step, 0)
     return float(out.response_mask.sum()) / (time.perf_counter() - t0)
 
 
@@ -48,9 +48,9 @@ def bench(size: str, args: argparse.Namespace):
 
     cfg = _config(size, "hf", args)
     prompts = [it["prompt"] for it in get_task(cfg.data).build_dataset(args.prompts, seed=0)]
-    hf = HFEngine(cfg, 0)
+    hf = HFEngine(cfg)
     params = sum(p.numel() for p in hf.model.parameters())
-    vllm = VLLMEngine(_config(size, "vllm", args), 0)
+    vllm = VLLMEngine(_config(size, "vllm", args))
     hf_rates, vllm_rates = [], []
     for step in range(args.rounds + 1):  # round 0 warms both up and is not counted
         h, v = _tokens_per_s(hf, prompts, args.n, step), _tokens_per_s(vllm, prompts, args.n, step)

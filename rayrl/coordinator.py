@@ -339,7 +339,7 @@ class Coordinator:
             fleet.tend_standbys()
             self.manager.poll()
             self.replicas.promote(self.manager.list_steps)
-            notices = fleet.preemption_notices() if runner.save_on_preemption else []
+            notices = fleet.preemption_notices(pipeline.busy) if runner.save_on_preemption else []
             stopping = self.stop_reason is not None or bool(notices)
             growing = self.elastic.growable() if step < runner.max_steps and not stopping else []
             if (step % (runner.save_interval or runner.max_steps + 1) == 0 or step == runner.max_steps or stopping

@@ -73,7 +73,7 @@ class HFExportPart:
 
 
 class RolloutPart:
-    """Each rollout worker's sampling state (its generator), into ``rollout/``."""
+    """What each rollout worker's sampling depends on (its engine's seed scheme), into ``rollout/``."""
 
     name = ROLLOUT_DIR
 
@@ -89,8 +89,7 @@ class RolloutPart:
 
     def load(self, directory: str) -> None:
         saved = _saved_run(directory, self.fleet.cfg.runner.checkpoint.storage_options)
-        self.fleet.wait_checkpoint(self.fleet.rollout.call("load_checkpoint", directory,
-                                                           saved["world_sizes"]["rollout"], saved["global_step"]),
+        self.fleet.wait_checkpoint(self.fleet.rollout.call("load_checkpoint", directory, saved["world_sizes"]["rollout"]),
                                    "rollout", f"checkpoint load from {directory}")
 
 

@@ -93,6 +93,11 @@ class RolloutPipeline:
         """Prompts whose rollouts training has taken (the stream has handed out those ahead as well)."""
         return self.stream.consumed_samples - sum(len(a.items) for a in self.ahead.values())
 
+    @property
+    def busy(self) -> frozenset[str]:
+        """The roles with generations in flight between steps (their workers answer nothing else until done)."""
+        return frozenset({self.fleet.rollout.name}) if self.k > 0 else frozenset()
+
     def weights_sent(self, version: int, loads: list[ray.ObjectRef]) -> None:
         """The engines were sent the weights of ``version`` (``loads``: their load calls, maybe still queued
         behind a generation): the next launch samples with it."""

@@ -44,11 +44,14 @@ def short(node: str | None) -> str:
 
 
 class Recovery:
-    """Counts recoveries against ``max_restarts`` (preemptions are free) and measures each one."""
+    """Counts recoveries against ``max_restarts`` (preemptions are free) and measures each one. The backoff
+    before a rebuild doubles with each counted failure since training last finished a step: it slows a crash
+    loop down, and a recovery that got training going again is not one (``max_restarts`` bounds the rest)."""
 
     def __init__(self, events: EventLog, max_restarts: int, backoff_s: float) -> None:
         self.events, self.max_restarts, self.backoff_s = events, max_restarts, backoff_s
         self.restarts = 0
+        self.streak = 0  # counted failures since the last finished step
         self.history: list[str] = []
         self._pending: _Pending | None = None
 
@@ -80,6 +83,7 @@ class Recovery:
         if replaced_by:
             self._pending.replaced_by.update(replaced_by)
         self.restarts += counted
+        self.streak += counted
         where = f"node {short(node)}" + (f", pid {pid}" if pid else "")
         self.history.append(f"{time.strftime('%H:%M:%S', time.localtime(failure_time))} {what} ({where}): {cause}")
         fields = {"what": what, "cause": cause, "node": node, "pid": pid, "preemption": preemption}
@@ -95,7 +99,7 @@ class Recovery:
             message = f"run failed: recovery budget spent (runner.max_restarts={self.max_restarts})"
             self.events.emit("run_failed", message, history=self.history)
             raise RunFailed(f"{message}; what died:\n  " + "\n  ".join(self.history))
-        delay = min(MAX_BACKOFF_S, self.backoff_s * 2 ** (self.restarts - 1)) if counted else 0.0
+        delay = min(MAX_BACKOFF_S, self.backoff_s * 2 ** (self.streak - 1)) if counted else 0.0
         budget = (f"recovery {self.restarts}/{self.max_restarts}" if counted
                   else "found while recovering: the same incident, counted once" if same_incident
                   else "not counted against runner.max_restarts")
@@ -121,6 +125,7 @@ class Recovery:
 
     def step_finished(self, step: int) -> None:
         """The first finished step after a failure closes the recovery with its duration."""
+        self.streak = 0
         pending, self._pending = self._pending, None
         if pending is None:
             return

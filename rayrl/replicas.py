@@ -5,8 +5,9 @@ At each save every actor rank hands over a copy of its own shards and extra stat
 keeps in the object store of the rank's node, and the next rank on another node takes a second copy into
 its node's object store. Both are objects the coordinator owns, so they outlive the worker processes that
 made them (a killed rank's copy is still there for its replacement); only losing the node loses one, and
-losing both nodes, or the coordinator, loses the copy. The small parts (rollout sampling state, data
-position, trainer state) stay in the coordinator's memory. A copy becomes the one recovery may use once its
+losing both nodes, or the coordinator, loses the copy. The small parts (data position and rollouts ahead,
+trainer state) stay in the coordinator's memory; the rollout engines have no state to copy (their seeds
+derive from the step: rayrl.engines.base). A copy becomes the one recovery may use once its
 step is committed in storage, so that memory and storage always agree on what the newest step is; it is
 used only while it is that newest step and every rank's shards have a copy on a live node. Either way the
 state loaded is the committed step's, bit for bit.
@@ -43,7 +44,6 @@ class MemoryStep:
     step: int
     trainer_state: dict[str, Any]
     data_state: dict[str, Any]
-    rollout_states: list[dict[str, Any]]
     actor_copies: list[list[tuple[ray.ObjectRef, str]]]
 
 
@@ -89,9 +89,7 @@ class MemoryReplicas:
         for rank, peer in enumerate(peer_ranks(nodes)):
             if peer is not None:
                 copies[rank].append((actor.workers[peer].hold_copy.remote(own[rank]), nodes[peer]))
-        rollout = fleet.wait_all(fleet.rollout.call("sampling_state"), fleet.rollout.name)
-        self.pending = MemoryStep(step, copy.deepcopy(trainer_state), copy.deepcopy(data.state_dict()),
-                                  rollout, copies)
+        self.pending = MemoryStep(step, copy.deepcopy(trainer_state), copy.deepcopy(data.state_dict()), copies)
 
     def _within_budget(self, fleet: Fleet) -> bool:
         """Asked once: whether two copies of the largest rank's shards (its own and a peer's) fit in
@@ -151,10 +149,9 @@ class MemoryReplicas:
         training); returns its trainer state."""
         self.loading = True
         chosen = [self._surviving(copies) for copies in kept.actor_copies]
-        actor, rollout = fleet.actor, fleet.rollout
+        actor = fleet.actor
         loads = actor.call_each("load_memory_copy", [(ref, kept.step) for ref in chosen])
         fleet.wait_checkpoint(loads, actor.name, f"loading step {kept.step} from memory")
-        fleet.wait_all(rollout.call_each("load_sampling_state", [(s,) for s in kept.rollout_states]), rollout.name)
         data.load_state_dict(copy.deepcopy(kept.data_state))
         return copy.deepcopy(kept.trainer_state)
 

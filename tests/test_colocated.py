@@ -64,8 +64,8 @@ def test_rank_kill_notice_and_job_kill_end_bit_exact(uninterrupted, tmp_path):
 
 
 def test_a_checkpoint_resumes_in_the_other_placement(uninterrupted, tmp_path):
-    """Colocated step 8 -> split to step 10 -> colocated to step 12. The split run's one engine takes engine 0's
-    sampling state; the colocated engine beyond the split checkpoint's one is seeded by the derived_seed rule."""
+    """Colocated step 8 -> split to step 10 -> colocated to step 12. The split run's one engine checks engine 0's
+    file; the colocated engine beyond the split checkpoint's one needs none (its seeds derive from the step)."""
     legs = [("split", 8, 10, checkpoints_dir(uninterrupted)), ("colocated", 10, 12, None)]
     for placement, start, end, source in legs:
         out = tmp_path / placement

@@ -113,7 +113,7 @@ class RunnerConfig:
     resume_dir: Optional[str] = None  # a global_step_N dir to start from; must exist
     resume_mode: str = _field("auto", _one_of("auto", "disable"))  # auto: latest valid; disable: archive
     max_restarts: int = _field(3, _ge(0))  # in-job recoveries from infrastructure failures before giving up
-    restart_backoff_s: float = _field(1.0, _ge(0))  # first backoff; doubles per restart, capped at 30 s
+    restart_backoff_s: float = _field(1.0, _ge(0))  # first backoff; doubles per restart until a step finishes, capped at 30 s
     seed: int = 1  # seeds every rank, worker and the data order
     step_timeout_s: float = _field(600.0, _gt(0))  # a step without progress this long counts as a hang
     resource_wait_s: float = _field(120.0, _gt(0))  # how long recovery waits for resources to come back

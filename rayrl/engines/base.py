@@ -1,7 +1,9 @@
 """The interface every generation engine implements.
 
-A rollout worker owns one engine. The engine owns all randomness sampling depends on, so that a
-checkpoint of ``state_dict()`` plus the policy weights is enough to continue sampling bit-exactly.
+A rollout worker owns one engine. Sampling depends on the policy weights and on seeds derived from (run
+seed, step, sample index in the step) only, never on which worker samples or what it sampled before: any
+engine holding the same weights generates a chunk of a step bit-identically (a lost worker's chunk is
+regenerated elsewhere), and ``state_dict()`` holds no RNG state, only the seed scheme.
 """
 
 from __future__ import annotations
@@ -57,20 +59,19 @@ class Rollouts:
 class GenerationEngine(Protocol):
     """What a rollout worker needs from an engine."""
 
-    def generate(self, prompts: list[str], n: int, step: int, logprobs: bool = False) -> Rollouts:
-        """Sample ``n`` responses per prompt; ``step`` lets engines derive per-request seeds. ``logprobs``: also
-        the log-probs the engine's policy gave the sampled tokens (``Rollouts.logprobs``, the behaviour policy's
-        for the off-policy ratio when rollouts run ahead of training), from the model's logits before
-        temperature and top-p, as the actor's forward pass computes them (rayrl.models.forward)."""
+    def generate(self, prompts: list[str], n: int, step: int, first: int, logprobs: bool = False) -> Rollouts:
+        """Sample ``n`` responses per prompt; seeded from ``step`` and ``first``, the index in the step of
+        the call's first sample. ``logprobs``: also the log-probs the engine's policy gave the sampled tokens
+        (``Rollouts.logprobs``, the behaviour policy's for the off-policy ratio when rollouts run ahead of
+        training), from the model's logits before temperature and top-p, as the actor's forward pass computes
+        them (rayrl.models.forward)."""
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Replace the policy weights in place (full, unsharded tensors keyed by HF names)."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything sampling depends on besides the weights (RNG state)."""
+        """What sampling depends on besides the weights: the engine and its seed scheme (no RNG state)."""
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned."""
-
-    def reseed(self, seed: int) -> None:
-        """Start sampling from ``seed``: a worker that a checkpoint holds no state for (more workers now)."""
+        """Check a saved ``state_dict``: one of another engine or seed scheme (an older checkpoint) is
+        loaded with a warning that sampling goes on reproducibly, but not as the saved engine would have."""

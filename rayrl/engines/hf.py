@@ -1,31 +1,42 @@
-"""Generation with transformers ``generate``, sampling from generators the engine owns.
+"""Generation with transformers ``generate``, each call seeded from what it generates, not from who runs it.
 
-``generate`` samples from torch's global RNG of the device the model is on (CPU, or the CUDA device). The
-engine owns one generator per device sampling touches (CPU always, the CUDA device when on GPU), seeded
-from the run seed and the worker index: around each call their states are swapped into the global
-generators and taken back advanced (``owned_rng``), so every worker draws its own stream, each step
-draws new noise, the rest of the process's RNG is untouched, and ``state_dict`` checkpoints them all.
+``generate`` samples one batch from torch's global RNG of the device the model is on (CPU, or the CUDA
+device). Each call reseeds that RNG (CPU and the CUDA device, inside ``fork_rng``, so the rest of the
+process's RNG is untouched) from ``call_seed(run seed, step, first)``: the samples of a chunk of a step are a
+pure function of the weights, the chunk's prompts and those numbers, so any worker (a replacement, after a
+resume) draws them again bit for bit, and the engine carries no sampling state across a checkpoint. The
+batch is drawn as one: the same chunk (its prompts, ``n`` and ``first``) gives the same samples, another
+split of the step's prompts other ones.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator
+import logging
+from typing import Any
 
 import torch
 
+from rayrl.checkpoint.rng import derived_seed
 from rayrl.engines.base import Rollouts
 from rayrl.models.forward import response_logprobs
 from rayrl.models.loading import load_model_and_tokenizer
 from rayrl.tensors import response_mask_from
 
-SEED_STRIDE = 1_000_003  # keeps the per-worker streams of different run seeds apart
+log = logging.getLogger(__name__)
+
+SEED_SCHEME = "rayrl-hf-call-v1"  # what the rollout/ files say sampling depends on (besides the weights)
+
+
+def call_seed(run_seed: int, step: int, first: int) -> int:
+    """The seed of the generate call whose first sample is sample ``first`` of step ``step``."""
+    return derived_seed(run_seed, "generate", first, step)
 
 
 class HFEngine:
     """The light default engine: one transformers model on CPU (or one GPU)."""
 
-    def __init__(self, cfg: Any, worker_index: int) -> None:
+    def __init__(self, cfg: Any) -> None:
+        self.run_seed = cfg.runner.seed
         on_gpu = cfg.rollout.num_gpus_per_worker > 0
         self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
         self.model, self.tokenizer = load_model_and_tokenizer(cfg.actor.model, cfg.runner.seed)
@@ -34,18 +45,19 @@ class HFEngine:
         self.temperature = cfg.rollout.temperature
         self.top_p = cfg.rollout.top_p
         self.micro_batch_size = cfg.actor.micro_batch_size  # for the behaviour log-probs, as the reference
-        seed = cfg.runner.seed * SEED_STRIDE + worker_index + 1
-        self.generators = {"rng": torch.Generator().manual_seed(seed)}  # state_dict keys; "rng": CPU
-        if self.device.type == "cuda":
-            self.generators["cuda_rng"] = torch.Generator(self.device).manual_seed(seed)
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], n: int, step: int, logprobs: bool = False) -> Rollouts:
+    def generate(self, prompts: list[str], n: int, step: int, first: int, logprobs: bool = False) -> Rollouts:
         tok = self.tokenizer
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         ids = enc["input_ids"].repeat_interleave(n, dim=0).to(self.device)
         mask = enc["attention_mask"].repeat_interleave(n, dim=0).to(self.device)
-        with owned_rng(list(self.generators.values())):
+        on_gpu = self.device.type == "cuda"
+        seed = call_seed(self.run_seed, step, first)
+        with torch.random.fork_rng(devices=[self.device] if on_gpu else []):
+            torch.default_generator.manual_seed(seed)
+            if on_gpu:
+                torch.cuda.manual_seed(seed)  # the current device: the one the model is on
             out = self.model.generate(
                 input_ids=ids,
                 attention_mask=mask,
@@ -73,40 +85,12 @@ class HFEngine:
         self.model.load_state_dict(state_dict, strict=True)
 
     def state_dict(self) -> dict[str, Any]:
-        return {name: g.get_state() for name, g in self.generators.items()}
+        """Sampling depends only on the weights and the per-call seeds: nothing else to save."""
+        return {"backend": "hf", "seed_scheme": SEED_SCHEME}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        missing = sorted(set(self.generators) - set(state))
-        if missing:
-            raise ValueError(f"rollout state lacks the generator state {missing} of this engine's devices "
-                             f"(saved on another device type?)")
-        for name, g in self.generators.items():
-            g.set_state(state[name])
-
-    def reseed(self, seed: int) -> None:
-        for g in self.generators.values():
-            g.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def owned_rng(generators: list[torch.Generator]) -> Iterator[None]:
-    """Sample from ``generators`` (one per device) through torch's global RNG: their states go into each
-    device's default generator for the block and come back advanced; the global states are restored after."""
-    cuda = [g.device for g in generators if g.device.type == "cuda"]
-    with torch.random.fork_rng(devices=cuda):
-        for g in generators:
-            _set_global_state(g.device, g.get_state())
-        yield
-        for g in generators:
-            g.set_state(_global_state(g.device))
-
-
-def _global_state(device: torch.device) -> torch.Tensor:
-    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
-
-
-def _set_global_state(device: torch.device, state: torch.Tensor) -> None:
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state, device)
-    else:
-        torch.set_rng_state(state)
+        if state.get("seed_scheme") != SEED_SCHEME:
+            log.warning("rollout state was saved by %s; this engine seeds each generate call from (run seed, step, "
+                        "first sample), so sampling continues reproducibly but does not draw what the saved engine "
+                        "would have", f"the {state['backend']} engine" if state.get("backend") not in (None, "hf")
+                        else "an older rayrl (per-worker generator streams)")

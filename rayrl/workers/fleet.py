@@ -42,6 +42,7 @@ class Fleet:
         self.weight_paths: list[tuple[str, str]] | None = None
         self.standbys = Standbys(cfg, self.specs, emit or (lambda event, message, **fields: log.info(message)))
         self._reform: set[str] = set()  # groups whose process group is re-formed at the next start
+        self._pings: dict[WorkerId, tuple[ray.actor.ActorHandle, ray.ObjectRef]] = {}  # unanswered notice pings
         self.group_s = 0.0  # how long the last start took to form process groups (their ranks up, joined, built)
 
     def _new_group(self, spec: RoleSpec) -> WorkerGroup:
@@ -255,11 +256,21 @@ class Fleet:
         return gather(refs, workers, timeout_s or self.cfg.runner.step_timeout_s, self.find_dead,
                       timeout_key=timeout_key, doing=doing)
 
-    def preemption_notices(self) -> list[WorkerId]:
-        """Workers that received SIGTERM since they started."""
-        workers = self.workers()
-        pings = self._gather([w.ping.remote() for _, w in workers], [wid for wid, _ in workers])
-        return [wid for (wid, _), p in zip(workers, pings) if p["preemption_notice"]]
+    def preemption_notices(self, busy: frozenset[str] = frozenset()) -> list[WorkerId]:
+        """Workers that received SIGTERM since they started. A worker answers a ping only after the calls
+        queued before it: those of the roles in ``busy`` (rollout workers generating ahead of training) are
+        not waited for, their ping is kept and read at a later step boundary, once answered, so that the loop
+        does not stall on a generation in flight (a lost worker is found by the call it was running)."""
+        pings = {}
+        for wid, worker in self.workers():
+            handle, ping = self._pings.pop(wid, (None, None))
+            pings[wid] = ping if handle is worker else worker.ping.remote()  # not one for a replaced worker's
+        waited = [wid for wid in pings if wid.role not in busy]
+        answered = [wid for wid in pings if wid.role in busy and ray.wait([pings[wid]], timeout=0)[0]]
+        self._pings = {wid: (worker, pings[wid]) for wid, worker in self.workers()
+                       if wid not in waited and wid not in answered}
+        replies = self._gather([pings[wid] for wid in waited + answered], waited + answered)
+        return [wid for wid, reply in zip(waited + answered, replies) if reply["preemption_notice"]]
 
     def location(self, workers: tuple[WorkerId, ...]) -> dict[str, Any]:
         """Where the first of ``workers`` ran: its node id and pid, falling back to its placement-group

@@ -13,7 +13,6 @@ import torch
 
 from rayrl.checkpoint.errors import CheckpointInvalid
 from rayrl.checkpoint.format import rollout_state_file
-from rayrl.checkpoint.rng import derived_seed
 from rayrl.checkpoint.storage import storage_for
 from rayrl.checkpoint.torch_files import read_torch, write_torch
 from rayrl.data.prompts import render_prompt
@@ -24,11 +23,11 @@ from rayrl.workers.weight_sync import open_handles
 
 
 class Sampler:
-    """Engine ``index`` of the run, with its scorer (data.reward_workers null) and its sampling state."""
+    """Engine ``index`` of the run, with its scorer (data.reward_workers null)."""
 
     def __init__(self, cfg: Any, index: int) -> None:
         self.cfg, self.index = cfg, index
-        self.engine = make_engine(cfg, index)
+        self.engine = make_engine(cfg)
         self.scorer = None  # data.reward_workers null: this engine's host scores what it generates
         if cfg.data.reward_workers is None:
             from rayrl.data.tasks import run_reward_specs
@@ -40,10 +39,11 @@ class Sampler:
     def generate(self, items: list[dict], n: int, step: int, first: int) -> Rollouts:
         """``n`` responses to each prompt item (its prompt rendered with the tokenizer's chat template when it
         is chat messages), scored here when this worker scores; ``first``: the index of its first sample in
-        the step. With rollouts ahead of training, also the generating policy's log-probs."""
+        the step, which with ``step`` seeds the sampling (rayrl.engines.base: any worker draws the same). With
+        rollouts ahead of training, also the generating policy's log-probs."""
         start = time.perf_counter()
         prompts = [render_prompt(item["prompt"], self.engine.tokenizer) for item in items]
-        rollouts = self.engine.generate(prompts, n, step, logprobs=self.behaviour_logprobs)
+        rollouts = self.engine.generate(prompts, n, step, first, logprobs=self.behaviour_logprobs)
         if self.scorer is not None:
             ids = [row[mask.bool()].tolist() for row, mask in zip(rollouts.response_ids, rollouts.response_mask)]
             rollouts.scores = self.scorer.score(items, rollouts.response_texts, ids, n, step, first)
@@ -68,34 +68,26 @@ class Sampler:
         tensors.clear()
 
     def save_checkpoint(self, directory: str) -> dict[str, dict]:
-        """Write the engine's sampling state; returns the digest of the file written."""
+        """Write what the engine's sampling depends on (its seed scheme); returns the digest of the file."""
         storage = storage_for(directory, self.cfg.runner.checkpoint.storage_options)
         storage.makedirs(directory)
         name = rollout_state_file(self.index)
-        return {name: write_torch(storage, storage.join(directory, name), self.sampling_state())}
+        return {name: write_torch(storage, storage.join(directory, name), self.engine.state_dict())}
 
-    def sampling_state(self) -> dict[str, Any]:
-        """The engine's sampling state, as a checkpoint holds it (also kept in memory by the coordinator)."""
-        return self.engine.state_dict()
-
-    def load_sampling_state(self, state: dict[str, Any]) -> None:
-        self.engine.load_state_dict(state)
-
-    def load_checkpoint(self, directory: str, saved_workers: int, step: int) -> None:
-        """Restore the engine's sampling state. An engine the checkpoint was saved with must find its file
-        (else CheckpointInvalid); one beyond ``saved_workers`` (more engines than were saved, e.g. a split
-        checkpoint resumed colocated) has none, and is seeded with ``derived_seed(seed, "rollout", index,
-        step)``."""
+    def load_checkpoint(self, directory: str, saved_workers: int) -> None:
+        """Check the engine's saved state (an older checkpoint's is loaded with a warning). An engine the
+        checkpoint was saved with must find its file (else CheckpointInvalid); one beyond ``saved_workers``
+        (more engines than were saved, e.g. a split checkpoint resumed colocated) has none and needs none:
+        its seeds do not depend on it."""
         storage = storage_for(directory, self.cfg.runner.checkpoint.storage_options)
         name = rollout_state_file(self.index)
         path = storage.join(directory, name)
         if self.index >= saved_workers:
-            self.engine.reseed(derived_seed(self.cfg.runner.seed, "rollout", self.index, step))
-        elif not storage.isfile(path):
+            return
+        if not storage.isfile(path):
             raise CheckpointInvalid(directory, f"missing {name}: rollout worker {self.index} of the "
                                     f"{saved_workers} saved has no sampling state to load")
-        else:
-            self.engine.load_state_dict(read_torch(storage, path))
+        self.engine.load_state_dict(read_torch(storage, path))
 
 
 class RolloutWorker(WorkerBase, Sampler):
@@ -106,15 +98,15 @@ class RolloutWorker(WorkerBase, Sampler):
         Sampler.__init__(self, cfg, index)
 
 
-def make_engine(cfg: Any, worker_index: int) -> GenerationEngine:
+def make_engine(cfg: Any) -> GenerationEngine:
     """The engine named by ``cfg.rollout.backend`` (imported here: vLLM is an optional extra)."""
     backend = cfg.rollout.backend
     if backend == "hf":
         from rayrl.engines.hf import HFEngine
 
-        return HFEngine(cfg, worker_index)
+        return HFEngine(cfg)
     if backend == "vllm":
         from rayrl.engines.vllm import VLLMEngine
 
-        return VLLMEngine(cfg, worker_index)
+        return VLLMEngine(cfg)
     raise ValueError(f"rollout.backend: unknown engine {backend!r} (known: hf, vllm)")

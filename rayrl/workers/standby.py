@@ -4,8 +4,8 @@ worker's place in recovery instead of a new process (which would pay the imports
 GPU, CUDA's and the engine's start-up).
 
 Each standby reserves what a worker of its role reserves (a GPU on GPU). The first ones are placed on a node
-that holds none of the role's workers where the cluster has one (a soft preference: Ray places them
-elsewhere when that node is full); one started after a standby took a lost worker's place goes into the
+that holds none of the role's workers and has room where the cluster has one (a soft preference: Ray places
+them elsewhere when that node fills up meanwhile; with no such node, wherever room appears first); one started after a standby took a lost worker's place goes into the
 reservation the lost worker freed (its placement-group bundle), so the run never holds more than it
 asked for at the start, and only at the next step boundary, so that it does not slow the recovery down. A
 standby lost while idle is replaced at the next step boundary too, with no recovery.
@@ -77,12 +77,15 @@ class Standbys:
         return Standby(handle, handle.warm.remote(), bundle, group.pg if bundle is not None else None)
 
     def _other_node(self, group: WorkerGroup, where: dict[Any, dict[str, Any]]) -> str | None:
-        """A live node that holds none of the group's workers and could hold one (its total resources), the
-        one with the fewest of this role's standbys; None when there is none."""
+        """A live node that holds none of the group's workers and has room for one now, the one with the
+        fewest of this role's standbys; None when there is none (then Ray places the standby wherever room
+        appears, e.g. on a node that joins later: pinned to a full node, it would wait for that one alone)."""
+        from ray._private.state import available_resources_per_node  # no public per-node form in Ray 2.x
+
         busy = {info["node"] for w, info in where.items() if w.role == group.name} | set(group.node_ids())
         spares = [s.info["node"] for s in self.pool[group.name] if s.info]
-        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["NodeID"] not in busy
-                 and all(n.get("Resources", {}).get(k, 0) >= v for k, v in group.bundle.items())]
+        nodes = [node for node, free in available_resources_per_node().items() if node not in busy
+                 and all(free.get(k, 0) >= v for k, v in group.bundle.items())]
         return min(nodes, key=spares.count, default=None)
 
     def tend(self, groups: dict[str, WorkerGroup], where: dict[Any, dict[str, Any]]) -> None:

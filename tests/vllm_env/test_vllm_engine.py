@@ -61,12 +61,11 @@ def assert_greedy_matches(engine: VLLMEngine, model) -> None:
     assert len(want) > 1 and got[: len(want)] == want, (got, want)
 
 
-def test_request_seed_is_a_pure_function_of_run_worker_step_and_sample():
-    seeds = {request_seed(run, worker, step, i) for run in (1, 2) for worker in (0, 1) for step in (1, 2)
-             for i in range(16)}
-    assert len(seeds) == 2 * 2 * 2 * 16
+def test_request_seed_is_a_pure_function_of_run_step_and_sample():
+    seeds = {request_seed(run, step, i) for run in (1, 2) for step in (1, 2) for i in range(16)}
+    assert len(seeds) == 2 * 2 * 16
     assert all(0 <= s < 2**63 for s in seeds)
-    assert request_seed(1, 0, 5, 3) == request_seed(1, 0, 5, 3)
+    assert request_seed(1, 5, 3) == request_seed(1, 5, 3)
 
 
 def test_check_config_names_the_key():
@@ -89,7 +88,7 @@ def test_sleep_only_between_generations_that_training_separates():
 
 
 def test_rollouts_match_the_hf_engine_layout(engine):
-    r = engine.generate(PROMPTS, N, step=1)
+    r = engine.generate(PROMPTS, N, step=1, first=0)
     tok = engine.tokenizer
     enc = tok(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
     assert torch.equal(r.prompt_ids, enc["input_ids"].repeat_interleave(N, dim=0))
@@ -102,19 +101,19 @@ def test_rollouts_match_the_hf_engine_layout(engine):
 
 
 def test_same_step_same_samples_other_step_other_samples(engine):
-    a, b, c = (engine.generate(PROMPTS, N, step=s) for s in (3, 3, 4))
+    a, b, c = (engine.generate(PROMPTS, N, step=s, first=0) for s in (3, 3, 4))
     assert torch.equal(a.response_ids, b.response_ids)
     assert not torch.equal(a.response_ids, c.response_ids)
 
 
 def test_stop_token_is_kept_and_ends_the_response(engine):
     """Making the 3rd token sample 0 drew the stop token: with the same seed, it stops right there."""
-    first = engine.generate(PROMPTS[:1], 2, step=5)
+    first = engine.generate(PROMPTS[:1], 2, step=5, first=0)
     stop = int(first.response_ids[0, 2])
     eos = engine.eos_id
     engine.eos_id = stop
     try:
-        stopped = engine.generate(PROMPTS[:1], 2, step=5)
+        stopped = engine.generate(PROMPTS[:1], 2, step=5, first=0)
     finally:
         engine.eos_id = eos
     assert stopped.response_ids[0, :3].tolist() == first.response_ids[0, :3].tolist()
@@ -133,17 +132,17 @@ def test_weight_sync_changes_outputs_to_exactly_the_new_model(worker, engine, cf
                 intermediate_size=m.intermediate_size, vocab_size=len(engine.tokenizer))
     original = build_tiny_model(**size, seed=cfg.runner.seed)
     other = build_tiny_model(**size, seed=cfg.runner.seed + 100)
-    before = engine.generate(PROMPTS, N, step=7)
+    before = engine.generate(PROMPTS, N, step=7, first=0)
 
     handles, shared = export_handles(other.state_dict(), receivers=1)
     worker.load_shared_weights(handles)
     shared.close()
-    after = engine.generate(PROMPTS, N, step=7)
+    after = engine.generate(PROMPTS, N, step=7, first=0)
     assert not torch.equal(before.response_ids, after.response_ids)
     assert_greedy_matches(engine, other)
 
     engine.load_weights(original.state_dict())
-    assert torch.equal(engine.generate(PROMPTS, N, step=7).response_ids, before.response_ids)
+    assert torch.equal(engine.generate(PROMPTS, N, step=7, first=0).response_ids, before.response_ids)
 
 
 def test_behaviour_logprobs_are_the_actors_forward_up_to_the_engine_gap(engine, cfg):
@@ -160,8 +159,8 @@ def test_behaviour_logprobs_are_the_actors_forward_up_to_the_engine_gap(engine, 
     engine.load_weights(model.state_dict())  # the engine's start weights, whatever ran before
     engine.temperature, engine.top_p = 0.5, 0.9
     try:
-        r = engine.generate(PROMPTS, N, step=9, logprobs=True)
-        plain = engine.generate(PROMPTS, N, step=9)
+        r = engine.generate(PROMPTS, N, step=9, first=0, logprobs=True)
+        plain = engine.generate(PROMPTS, N, step=9, first=0)
     finally:
         engine.temperature, engine.top_p = cfg.rollout.temperature, cfg.rollout.top_p
     assert torch.equal(r.response_ids, plain.response_ids) and plain.logprobs is None
@@ -203,10 +202,10 @@ def test_pretrained_qwen2_directory_loads_and_syncs(tmp_path):
     Qwen2ForCausalLM(config).save_pretrained(tmp_path)
     cfg = load_config(None, ["rollout.backend=vllm", f"actor.model.path={tmp_path}",
                              f"rollout.max_new_tokens={MAX_NEW}"])
-    engine = VLLMEngine(cfg, worker_index=0)
+    engine = VLLMEngine(cfg)
     assert_greedy_matches(engine, Qwen2ForCausalLM.from_pretrained(tmp_path).eval())
     torch.manual_seed(1)
     other = Qwen2ForCausalLM(config).eval()
     engine.load_weights(other.state_dict())
     assert_greedy_matches(engine, other)
-    assert engine.generate(PROMPTS, N, step=1).response_ids.shape == (len(PROMPTS) * N, MAX_NEW)
+    assert engine.generate(PROMPTS, N, step=1, first=0).response_ids.shape == (len(PROMPTS) * N, MAX_NEW)
