@@ -22,6 +22,9 @@ from rayrl.workers.standby import Standbys
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 3.0
+# How long after a loss a kept member of its process group may take to answer: one whose collective the lost
+# peer broke answers within a second once that collective fails (see Fleet._stuck_in_collective).
+STUCK_GRACE_S = 10.0
 
 
 class Fleet:
@@ -150,7 +153,8 @@ class Fleet:
         """The workers ``failure`` took down, per group: the failed workers, any found dead now, and every
         worker on a node that is gone or going (a lost node, a preemption notice). A group's None: all of
         it (the failure named the group, not a worker). Every group when the failure names none of this
-        fleet's. Groups with standbys are probed whole, to tell which of their workers survived."""
+        fleet's. Groups with standbys are probed whole, to tell which of their workers survived (and which
+        are stuck in a collective with a lost peer: ``_stuck_in_collective``)."""
         names = {g.name for g in self.groups}
         failed = [self._in_group(w) for w in failure.workers]
         if not failed or not {w.role for w in failed} <= names:
@@ -165,7 +169,8 @@ class Fleet:
 
         for worker in failed:
             add(worker)
-        for worker in self.find_dead(skip={role for role in lost if role not in self.standbys.targets}):
+        dead, silent = self._probe(skip={role for role in lost if role not in self.standbys.targets})
+        for worker in dead:
             add(worker)
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         gone = {info["node"] for info in self.where.values() if info["node"] not in alive}
@@ -174,7 +179,28 @@ class Fleet:
         for worker, info in list(self.where.items()):
             if info["node"] in gone:
                 add(worker)
+        for worker in self._stuck_in_collective(silent, lost):
+            add(worker)
         return lost
+
+    def _stuck_in_collective(self, silent: dict[WorkerId, ray.ObjectRef],
+                             lost: dict[str, set[int] | None]) -> list[WorkerId]:
+        """The kept members of a process group that lost a member and that still have not answered their
+        probe STUCK_GRACE_S after it was sent: blocked in a collective with the lost peer. A killed process's
+        sockets close and its peers' collectives fail at once; a machine that is gone (power, network) closes
+        nothing, and its peers would sit in the collective until the group's timeout (the checkpoint bound,
+        rayrl.workers.actor) before they could re-form the group. They are lost too: replaced, their node's
+        memory copies still usable."""
+        waiting = {w: ref for w, ref in silent.items()
+                   if self.specs[w.role].process_group and lost.get(w.role) and w.index not in lost[w.role]}
+        if not waiting:
+            return []
+        ready, _ = ray.wait(list(waiting.values()), num_returns=len(waiting), timeout=STUCK_GRACE_S - PROBE_TIMEOUT_S)
+        stuck = [w for w, ref in waiting.items() if ref not in ready or _failed(ref)]
+        for worker in stuck:
+            log.warning("%s has not left its collective %g s after its peer was lost (a lost machine closes no "
+                        "socket): replaced too", worker, STUCK_GRACE_S)
+        return stuck
 
     def replace(self, plan: dict[str, str], lost: dict[str, set[int] | None]) -> None:
         """Make the groups of ``plan`` whole: ``standby``, its lost workers' places taken by standbys (the
@@ -222,20 +248,15 @@ class Fleet:
         """Workers whose process or node is gone (roles in ``skip`` not probed). Only an error answer
         means dead: a busy worker (e.g. blocked in a collective) does not answer a ping within the probe
         bound and counts as alive."""
+        return self._probe(skip)[0]
+
+    def _probe(self, skip: set[str]) -> tuple[list[WorkerId], dict[WorkerId, ray.ObjectRef]]:
+        """``find_dead``'s dead workers, and the probes not answered within PROBE_TIMEOUT_S."""
         workers = [(wid, w) for wid, w in self.workers() if wid.role not in skip]
-        if not workers:
-            return []
         probes = [w.ping.remote() for _, w in workers]
-        ready, _ = ray.wait(probes, num_returns=len(probes), timeout=PROBE_TIMEOUT_S)
-        ready_set = set(ready)
-        dead = []
-        for (wid, _), ref in zip(workers, probes):
-            if ref in ready_set:
-                try:
-                    ray.get(ref)
-                except RayActorError:
-                    dead.append(wid)
-        return dead
+        ready = set(ray.wait(probes, num_returns=len(probes), timeout=PROBE_TIMEOUT_S)[0]) if probes else set()
+        dead = [wid for (wid, _), ref in zip(workers, probes) if ref in ready and _failed(ref, RayActorError)]
+        return dead, {wid: ref for (wid, _), ref in zip(workers, probes) if ref not in ready}
 
     def wait_all(self, refs: list[ray.ObjectRef], role: str) -> list[Any]:
         """Results of one call per worker of ``role`` (ref i is worker i's), within runner.step_timeout_s."""
@@ -289,3 +310,12 @@ class Fleet:
         self.standbys.shutdown()
         for g in self.groups:
             g.kill()
+
+
+def _failed(ref: ray.ObjectRef, errors: type[BaseException] | tuple = Exception) -> bool:
+    """Whether a finished call ``ref`` raised one of ``errors`` (its worker lost, for RayActorError)."""
+    try:
+        ray.get(ref)
+    except errors:
+        return True
+    return False
