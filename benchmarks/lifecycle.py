@@ -1,6 +1,7 @@
 """One run's life through the real driver, timed: fresh start, a rollout worker and then an actor rank
-SIGKILLed, each recovered in the job (from the newest step's copy in memory: runner.checkpoint.memory_replicas=1,
-the lost worker's place taken by a standby: runner.standby.actor / .rollout = 1), then the whole job
+SIGKILLed, each recovered in the job (the lost worker's place taken by a standby: runner.standby.actor /
+.rollout = 1; the rollout worker's samples regenerated with nothing reloaded, the actor rank's loss from the
+newest step's copy in memory: runner.checkpoint.memory_replicas=1), then the whole job
 SIGKILLed (a lost head node) and started again with the same command (a cold restart, from storage). Quick
 mode (the smoke test) runs no standbys and kills only the actor rank, which a new process replaces.
 
@@ -46,6 +47,8 @@ def recovery_split(failure: dict, recovered: dict, killed_at: float) -> dict:
     split = {"detect_s": round(failure["time"] - killed_at, 2), "backoff_s": round(failure.get("backoff_s", 0.0), 2),
              **{k: round(recovered[k], 2) for k in ("start_s", "group_s", "load_s", "sync_s") if k in recovered},
              "source": recovered.get("source"), "replaced_by": recovered.get("replaced_by")}
+    if "regenerated" in recovered:  # in the job: nothing reloaded, these steps' lost samples generated again
+        split["regenerated"] = recovered["regenerated"]
     if "group_s" in recovered:  # start_s: the replacement (resources, processes) and the process group
         split["replace_s"] = round(recovered["start_s"] - recovered["group_s"], 2)
     return split
@@ -68,6 +71,8 @@ def run_lifecycle(settings: Settings) -> Lifecycle:
         if not settings.quick:  # standbys of both roles ready, then a rollout worker's loss
             run.wait_for("a standby of each role", lambda r: len(r.events_named("standby_ready")) >= 2, TIMEOUT_S)
             rollout_s, _, recovered_step, rollout_split = _kill_a_worker(run, "RolloutWorker", 0)
+            if "regenerated" not in rollout_split:
+                raise RuntimeError(f"the rollout worker's loss was not recovered in the job: {rollout_split}")
             run.wait_for("a checkpoint after recovery", checkpoint_after(recovered_step), TIMEOUT_S)
             run.wait_for("the new standby", lambda r: len(r.events_named("standby_ready")) >= 3, TIMEOUT_S)
         in_job, coordinator_s, recovered_step, split = _kill_a_worker(run, "ActorWorker",

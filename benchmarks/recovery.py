@@ -1,8 +1,9 @@
 """Q3: how long from a lost worker or node to training again, in the job, against restarting the job?
 
 From the timed run life of benchmarks.lifecycle: SIGKILL of a rollout worker, then of one actor rank, to
-the next finished step (a standby takes the lost worker's place, the actor ranks re-form their group with
-it, and every part loads the newest step from its copy in memory), against SIGKILL of the whole job
+the next finished step (a standby takes the lost worker's place; for the rollout worker its samples are
+regenerated in the job with nothing reloaded; for the actor rank the ranks re-form their group with it and
+every part loads the newest step from its copy in memory), against SIGKILL of the whole job
 (driver, Ray, every worker: a lost head node) and the same command started again, resuming from storage,
 to its first finished step. Quick mode (the smoke test) runs no standbys: the actor rank is replaced by a
 new process, and the rollout worker's loss is skipped (said when it runs).

@@ -302,7 +302,8 @@ class Coordinator:
             self.events.emit("weight_sync", message, **fields)
         start_s = time.perf_counter() - t0  # resources, worker processes (imports), process group
         check_shared(fleet, new_roles, cfg, self.checkpoint_dir, self.events.emit)
-        pipeline = RolloutPipeline(fleet, cfg, BatchStream(self.dataset, cfg.data.batch_size, runner.seed))
+        stream = BatchStream(self.dataset, cfg.data.batch_size, runner.seed)
+        pipeline = RolloutPipeline(fleet, cfg, stream, self.recovery)
         parts = [ActorPart(fleet), RolloutPart(fleet), DataPart(pipeline, cfg.runner.checkpoint.storage_options)]
         export, export_every = HFExportPart(fleet), cfg.runner.checkpoint.export_hf_every
         if start_dir is not None or memory is not None:
@@ -311,8 +312,7 @@ class Coordinator:
             load_s = time.perf_counter() - t0  # every role restored; the weight sync after it is not loading
             step = int(state["global_step"])
             t0 = time.perf_counter()
-            sync_weights(fleet)
-            pipeline.weights_sent(step, [])
+            pipeline.weights_sent(step, [], sync_weights(fleet, keep=pipeline.k > 0)[1])
             sync_s = time.perf_counter() - t0
             source = "storage" if start_dir is not None else "memory"
             times = {"start_s": start_s, "group_s": fleet.group_s, "load_s": load_s, "sync_s": sync_s}

@@ -89,7 +89,8 @@ class RolloutPart:
 
     def load(self, directory: str) -> None:
         saved = _saved_run(directory, self.fleet.cfg.runner.checkpoint.storage_options)
-        self.fleet.wait_checkpoint(self.fleet.rollout.call("load_checkpoint", directory, saved["world_sizes"]["rollout"]),
+        self.fleet.wait_checkpoint(self.fleet.rollout.call("load_checkpoint", directory,
+                                                           saved["world_sizes"]["rollout"]),
                                    "rollout", f"checkpoint load from {directory}")
 
 

@@ -25,6 +25,14 @@ def replacement_plan(lost: dict[str, set[int] | None], standbys: dict[str, int])
             for group, indices in lost.items()}
 
 
+def regenerates(lost: dict[str, set[int] | None], dead: set[int], role: str) -> bool:
+    """Whether a failure is recovered in the job by regenerating (rayrl.regenerate) rather than by reloading
+    the newest checkpoint: it lost workers of ``role`` (rollout) only, each known by index and found dead
+    (``dead``: the indices of ``role`` whose process is gone; a hung worker is not, and goes the full way)."""
+    indices = lost.get(role)
+    return set(lost) == {role} and bool(indices) and indices <= dead
+
+
 class RunFailed(RuntimeError):
     """Recovery budget exhausted; the message carries the history of what died."""
 
@@ -37,6 +45,7 @@ class _Pending:
     fields: dict[str, Any] = field(default_factory=dict)
     replaced: set[str] | None = None  # the groups a counted recovery replaced (None: not such a recovery)
     replaced_by: dict[str, str] = field(default_factory=dict)  # group -> STANDBY | NEW_PROCESS
+    in_job: bool = False  # being recovered in the job (rayrl.regenerate): a failure meanwhile is the same incident
 
 
 def short(node: str | None) -> str:
@@ -57,7 +66,8 @@ class Recovery:
 
     def failed(self, what: str, cause: str, node: str | None, pid: int | None = None, preemption: bool = False,
                counted: bool = True, failure_time: float | None = None, event: str = "failure",
-               replaced: list[str] | None = None, replaced_by: dict[str, str] | None = None) -> float:
+               replaced: list[str] | None = None, replaced_by: dict[str, str] | None = None,
+               in_job: bool = False) -> float:
         """Record a failure; returns the backoff to sleep before rebuilding, or raises RunFailed past the
         budget. Preemptions are not counted, nor (``counted=False``) losses that another budget bounds (the
         coordinator's: Ray's max_restarts; the driver's: run_main.sh's). A failure during a recovery keeps
@@ -66,7 +76,10 @@ class Recovery:
         A failure found while recovering (before the next step finished) that takes down a group the
         recovery had kept (a kept group failing on reload because its node was going down after all) is
         the same incident: not counted again (``same_incident``), and ``replaced`` becomes every group the
-        incident replaced. ``replaced_by``: how each replaced group was made whole (standby or new process). One that hits only groups already replaced counts anew, so that a failure that
+        incident replaced; so is the first failure that is not recovered in the job while a recovery in the
+        job (``in_job``: rollout workers replaced, their samples regenerated, nothing reloaded) is pending:
+        the fallback to the full recovery. ``replaced_by``: how each replaced group was made whole (standby
+        or new process). One that hits only groups already replaced counts anew, so that a failure that
         keeps coming back cannot recover forever."""
         failure_time = failure_time or time.time()
         if self._pending is None:
@@ -74,7 +87,8 @@ class Recovery:
         counted = counted and not preemption
         earlier = self._pending.replaced
         same_incident = (counted and earlier is not None and replaced is not None
-                         and not set(replaced) <= earlier)
+                         and (not set(replaced) <= earlier or (self._pending.in_job and not in_job)))
+        self._pending.in_job = in_job
         if same_incident:
             counted = False
             replaced = sorted(earlier | set(replaced))
@@ -92,6 +106,8 @@ class Recovery:
             fields["replaced_by"] = {g: self._pending.replaced_by.get(g, NEW_PROCESS) for g in replaced}
         if same_incident:
             fields["same_incident"] = True
+        if in_job:
+            fields["in_job"] = True
         self._pending.fields = fields
         if self.restarts > self.max_restarts:
             self.events.emit("failure", f"{what} ({where}) failed: {cause}", **fields, counted=counted,
@@ -105,7 +121,8 @@ class Recovery:
                   else "not counted against runner.max_restarts")
         restarting = (f"replacing {', '.join(f'{g} ({by})' for g, by in fields['replaced_by'].items())}, "
                       if replaced else "")
-        self.events.emit(event, f"{what} ({where}) failed: {cause}; recovering from the latest checkpoint "
+        how = "regenerating its unfinished samples in the job" if in_job else "recovering from the latest checkpoint"
+        self.events.emit(event, f"{what} ({where}) failed: {cause}; {how} "
                          f"({restarting}{budget}{f', backoff {delay:.1f} s' if delay else ''})",
                          **fields, counted=counted, restarts=self.restarts, max_restarts=self.max_restarts,
                          backoff_s=delay)
@@ -116,6 +133,14 @@ class Recovery:
         of the recovery took (start_s: resources, processes, group; load_s; sync_s: the weight sync)."""
         if self._pending is not None:
             self._pending.fields.update(source=source, **seconds)
+
+    def regenerated(self, steps: list[int], **seconds: float) -> None:
+        """The lost rollout workers were replaced in the job and sent again what they had not finished: the
+        samples of ``steps``, with the weights each was pinned to, which the pipeline held in the object
+        store (``source`` memory; nothing is read from storage, nothing reloaded). ``seconds``: start_s,
+        the replacement."""
+        if self._pending is not None:
+            self._pending.fields.update(source="memory", regenerated=steps, **seconds)
 
     def resumed(self, step: int) -> None:
         """The rebuilt fleet holds the state of ``step`` (0: a fresh start, nothing loaded: source None)."""
@@ -131,6 +156,13 @@ class Recovery:
             return
         seconds = time.time() - pending.failure_time
         f = pending.fields
+        if "regenerated" in f:  # training went on: the step that finished follows the one before the failure
+            self.events.emit(
+                "recovered", f"recovered in the job from the loss of {f['what']} (node {short(f['node'])}): "
+                f"regenerated the samples of steps {f['regenerated']} (nothing reloaded), step {step} finished "
+                f"{seconds:.1f} s after the failure", **f, resumed_from=step - 1, step=step,
+                seconds_to_next_step=seconds)
+            return
         self.events.emit(
             "recovered", f"recovered from the loss of {f['what']} (node {short(f['node'])}): resumed from step "
             f"{f.get('resumed_from', 0)} ({f.get('source') or 'nothing loaded'}), step {step} finished {seconds:.1f} s "

@@ -20,6 +20,7 @@ from rayrl.data.scoring import Scorer
 from rayrl.engines import Rollouts
 from rayrl.failures import WorkerId
 from rayrl.pipeline import RolloutPipeline, split_evenly
+from rayrl.regenerate import retrying
 from rayrl.workers import reward_pool
 from rayrl.workers.fleet import Fleet
 from rayrl.workers.roles import ACTOR, ROLLOUT
@@ -51,7 +52,8 @@ def run_step(fleet: Fleet, cfg: Any, scoring: Scoring, pipeline: RolloutPipeline
     t_referenced = time.perf_counter()
     stats = fleet.wait_all(fleet.actor.call("train_step", ray.put(batch)), "actor")
     t_trained = time.perf_counter()
-    pipeline.weights_sent(step, sync_weights(fleet, wait=pipeline.k == 0))
+    # a rollout worker lost in a synchronous sync is replaced in the job and the sync done again
+    pipeline.weights_sent(step, *retrying(pipeline, lambda: sync_weights(fleet, wait=pipeline.k == 0), reissue=False))
     t_synced = time.perf_counter()
 
     lengths = rollouts.response_mask.sum(dim=1).float()
@@ -126,8 +128,11 @@ def reference_logprobs(fleet: Fleet, batch: dict[str, torch.Tensor]) -> torch.Te
     return torch.cat(fleet.wait_all(refs, "reference"))
 
 
-def sync_weights(fleet: Fleet, wait: bool = True) -> list[ray.ObjectRef]:
-    """Put the actor's new weights into every engine; returns the engines' load calls. Engines hosted by the
+def sync_weights(fleet: Fleet, wait: bool = True, keep: bool = False
+                 ) -> tuple[list[ray.ObjectRef], ray.ObjectRef | None]:
+    """Put the actor's new weights into every engine; returns the engines' load calls and, where the weights
+    went through the object store, their ref (``keep``: always through it, so that the rollout pipeline can
+    hold them for generations pinned to them: rayrl.pipeline). Engines hosted by the
     actor ranks (colocated): each rank gathers the full weights within the actor group and loads its own,
     in-process. Engines of their own: rank 0 gathers them once, and each rollout worker loads them by the
     path chosen for it at the fleet's start (rayrl.workers.weight_sync): engines on rank 0's node map rank
@@ -137,15 +142,15 @@ def sync_weights(fleet: Fleet, wait: bool = True) -> list[ray.ObjectRef]:
     memory could not be freed at a known point)."""
     if fleet.host_of(ROLLOUT) is not None:
         fleet.wait_all(fleet.actor.call("sync_engine"), "actor")
-        return []
+        return [], None
     paths = [path for path, _ in fleet.weight_paths]
-    if IPC not in paths or not wait:
+    if IPC not in paths or not wait or keep:
         weight_refs = fleet.actor.call("full_state_dict")
         sync_refs = fleet.rollout.call("load_weights", weight_refs[0])
         fleet.wait_all(weight_refs, "actor")
         if wait:
             fleet.wait_all(sync_refs, "rollout")
-        return sync_refs
+        return sync_refs, weight_refs[0]
     rank0 = fleet.actor.workers[0]
     handle_refs = fleet.actor.call("share_full_state_dict", paths.count(IPC))
     host_ref = rank0.shared_host_copy.remote() if OBJECT_STORE in paths else None
@@ -154,4 +159,4 @@ def sync_weights(fleet: Fleet, wait: bool = True) -> list[ray.ObjectRef]:
     fleet.wait_all(handle_refs, "actor")
     fleet.wait_all(sync_refs, "rollout")
     fleet.wait(rank0.release_shared_weights.remote(), WorkerId(ACTOR, 0))
-    return sync_refs
+    return sync_refs, None

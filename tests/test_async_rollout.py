@@ -1,7 +1,8 @@
-"""Rollouts ahead of training (rollout.async_steps): the config rules, the checkpoint of what is ahead, and
-one end-to-end scenario: an async_steps=1 run that loses a rollout worker mid-generation and an actor rank
-mid-training (each recovered in-job), and is SIGKILLed whole mid-save and mid-generation and started again
-with the same command each time, ends bit-identical to an uninterrupted async_steps=1 run."""
+"""Rollouts ahead of training (rollout.async_steps): the config rules, the checkpoint of what is ahead, what a
+lost rollout worker's replacement is sent (by hand), and one end-to-end scenario: an async_steps=1 run that
+loses a rollout worker mid-generation (its samples regenerated in the job, training going on) and an actor
+rank mid-training (recovered in-job from memory), and is SIGKILLed whole mid-save and mid-generation and
+started again with the same command each time, ends bit-identical to an uninterrupted async_steps=1 run."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from rayrl.data.loader import BatchStream
 from rayrl.engines import Rollouts
 from rayrl.participants import DataPart
 from rayrl.pipeline import Ahead, RolloutPipeline
+from rayrl.regenerate import GENERATE, LOAD, reissue_calls
 from tests.support import (
     assert_same_weights, checkpoints_dir, events_named, final_weights, kill_session, ledger, output_of, pid_busy_in,
     read_metrics, rewards, run_rayrl, spawn_rayrl, tracker_step, uninterrupted_run, wait_running,
@@ -79,18 +81,30 @@ def test_rollouts_still_generating_cannot_be_saved():
         pipeline.state_dict()
 
 
+def test_a_replacement_is_sent_the_pinned_weights_before_each_lost_chunk_and_the_current_ones_last():
+    """(step, version) of each step still generating, in step order; a new engine holds version 0."""
+    assert reissue_calls([(1, 0), (2, 0)], current=0) == [(GENERATE, 1), (GENERATE, 2)]  # the initial policy
+    assert reissue_calls([(5, 3), (6, 4)], current=4) == [(LOAD, 3), (GENERATE, 5), (LOAD, 4), (GENERATE, 6)]
+    assert reissue_calls([(5, 3)], current=4) == [(LOAD, 3), (GENERATE, 5), (LOAD, 4)]  # step 4 synced since
+    assert reissue_calls([(6, 4), (5, 3)], current=4)[:2] == [(LOAD, 3), (GENERATE, 5)]  # oldest first
+    assert reissue_calls([(2, 0), (3, 1)], current=2) == [(GENERATE, 2), (LOAD, 1), (GENERATE, 3), (LOAD, 2)]
+    assert reissue_calls([(7, 6)], current=6) == [(LOAD, 6), (GENERATE, 7)]  # synchronous: the current weights
+    assert reissue_calls([], current=6) == [(LOAD, 6)] and reissue_calls([], current=0) == []
+
+
 @pytest.mark.slow
 def test_async_run_killed_and_recovered_is_bit_exact(tmp_path_factory, tmp_path):
-    """Start 1: after the checkpoint of step 2, a rollout worker is SIGKILLed mid-generation (generating
-    ahead while a step trains): the rollout group alone is replaced, everything reloads the newest step
-    (from its copy in memory) and the run goes on; then the whole session is SIGKILLed while an actor rank
-    writes the next checkpoint. Start 2 (same command) resumes; an actor rank is SIGKILLed mid-training (the
-    actor group alone is replaced; the rollouts ahead come back from the checkpoint), then the whole session
-    as soon as a generation runs. Start 3 finishes. Weights and per-step rewards equal the uninterrupted
-    run's bit for bit; each step's samples were made by the policy one update behind (lag 1 from step 2 on);
-    the sample ledger shows every prompt used once, step by step the same as the uninterrupted run's (10
-    steps of 4 prompts, epochs of 6 batches: the buffer ahead crosses an epoch boundary); each checkpoint
-    holds the finished rollouts of the step after it, made by the weights of the step before it."""
+    """Start 1: after the checkpoint of step 2, a rollout worker is SIGKILLed mid-generation (generating ahead
+    while a step trains): a new process takes its place in the job, is sent the weights each lost generation was
+    pinned to and regenerates those chunks; nothing is reloaded and no step is redone; then the whole session is
+    SIGKILLed while an actor rank writes the next checkpoint. Start 2 (same command) resumes; an actor rank is
+    SIGKILLed mid-training (the actor group alone is replaced; the rollouts ahead come back from the
+    checkpoint), then the whole session as soon as a generation runs. Start 3 finishes. Weights and per-step
+    rewards equal the uninterrupted run's bit for bit; each step's samples were made by the policy one update
+    behind (lag 1 from step 2 on); the sample ledger shows every prompt used once, step by step the same as the
+    uninterrupted run's (10 steps of 4 prompts, epochs of 6 batches: the buffer ahead crosses an epoch
+    boundary); each checkpoint holds the finished rollouts of the step after it, made by the weights of the step
+    before it."""
     reference = uninterrupted_run(tmp_path_factory, *ASYNC)
     proc = spawn_rayrl(tmp_path, *ASYNC)
     try:
@@ -101,9 +115,15 @@ def test_async_run_killed_and_recovered_is_bit_exact(tmp_path_factory, tmp_path)
     finally:  # the rest of the session too, while that rank's shard is half written
         kill_session(proc)
     (failure,) = events_named(tmp_path, "failure")
-    assert failure["what"] == "rollout[0]" and failure["replaced"] == ["rollout"], failure
+    assert failure["what"] == "rollout[0]" and failure["replaced"] == ["rollout"] and failure["in_job"], failure
+    assert failure["counted"] and failure["restarts"] == 1, failure
     (recovered,) = events_named(tmp_path, "recovered")
-    assert recovered["resumed_from"] >= 2 and recovered["source"] == "memory", recovered
+    assert recovered["replaced_by"] == {"rollout": "new process"} and recovered["source"] == "memory", recovered
+    assert recovered["resumed_from"] == recovered["step"] - 1 >= 2, recovered  # no rewind
+    assert recovered["regenerated"] and recovered["regenerated"][0] == recovered["step"], recovered
+    assert not events_named(tmp_path, "resumed"), "nothing was reloaded"
+    before = [m["step"] for m in read_metrics(tmp_path) if m["time"] < failure["time"]]
+    assert before == list(range(1, recovered["step"])), before  # every step once, none redone
     assert (tracker_step(tmp_path) or 0) < STEPS, output_of(proc)[-3000:]
 
     resumes = len(events_named(tmp_path, "resumed"))
@@ -121,7 +141,7 @@ def test_async_run_killed_and_recovered_is_bit_exact(tmp_path_factory, tmp_path)
 
     final = run_rayrl(tmp_path, *ASYNC, timeout=300)
     assert final.returncode == 0, final.stdout[-3000:]
-    assert len(events_named(tmp_path, "resumed")) >= 4, final.stdout[-3000:]  # two in-job, starts 2 and 3
+    assert len(events_named(tmp_path, "resumed")) >= 3, final.stdout[-3000:]  # the actor's in-job, starts 2, 3
     assert rewards(tmp_path) == rewards(reference)
     assert_same_weights(final_weights(tmp_path, STEPS), final_weights(reference, STEPS))
     metrics = read_metrics(tmp_path)

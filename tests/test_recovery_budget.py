@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 from rayrl.failures import InfraFailure, ProgramError, WorkerId, check_finite
-from rayrl.recovery import MAX_BACKOFF_S, NEW_PROCESS, STANDBY, Recovery, RunFailed, replacement_plan
+from rayrl.recovery import MAX_BACKOFF_S, NEW_PROCESS, STANDBY, Recovery, RunFailed, regenerates, replacement_plan
 from rayrl.runlog import EventLog, read_jsonl
 
 
@@ -80,6 +80,35 @@ def test_the_recovered_event_says_how_each_group_was_replaced(events):
     assert e["replaced"] == ["actor", "rollout"], e
     assert e["replaced_by"] == {"actor": STANDBY, "rollout": NEW_PROCESS}, e
     assert "replacing actor (standby), rollout (new process)" in _named(events, "failure")[1]["message"]
+
+
+def test_only_dead_rollout_workers_are_recovered_in_the_job():
+    assert regenerates({"rollout": {0, 2}}, dead={0, 1, 2}, role="rollout")
+    assert not regenerates({"rollout": {0}}, dead=set(), role="rollout")  # hung, not dead: the full way
+    assert not regenerates({"rollout": {0}, "actor": {1}}, dead={0}, role="rollout")  # an actor rank too
+    assert not regenerates({"rollout": None}, dead={0}, role="rollout")  # the group, not known workers
+    assert not regenerates({"rollout": set()}, dead={0}, role="rollout")
+
+
+def test_a_recovery_in_the_job_counts_once_with_its_fallback_and_says_what_was_regenerated(events):
+    r = Recovery(events, max_restarts=2, backoff_s=0.0)
+    r.failed("rollout[0]", "ActorDiedError", "node-1", replaced=["rollout"], replaced_by={"rollout": STANDBY},
+             in_job=True)
+    r.regenerated([5, 6], start_s=1.5)
+    r.step_finished(5)
+    (e,) = _named(events, "recovered")
+    assert (e["regenerated"], e["resumed_from"], e["step"], e["source"], e["start_s"]) == ([5, 6], 4, 5, "memory", 1.5)
+    assert e["in_job"] and "regenerated the samples of steps [5, 6] (nothing reloaded)" in e["message"], e
+    assert "regenerating its unfinished samples in the job" in _named(events, "failure")[0]["message"]
+
+    r.failed("rollout[0]", "ActorDiedError", "node-1", replaced=["rollout"], replaced_by={"rollout": NEW_PROCESS},
+             in_job=True)  # again: counted again (a failure that keeps coming back)
+    r.failed("rollout[1]", "no replacement", "node-1", replaced=["rollout"])  # its fallback: the same incident
+    assert [f["counted"] for f in _named(events, "failure")] == [True, True, False] and r.restarts == 2
+    r.resumed(4)
+    r.step_finished(5)
+    last = _named(events, "recovered")[-1]
+    assert "regenerated" not in last and last["resumed_from"] == 4, last
 
 
 def test_failures_survive_pickling_as_ray_ships_them():

@@ -1,9 +1,11 @@
 """In-job recovery from the loss of a worker: SIGKILL of a rollout worker, of one actor rank and of the
 reference worker, each in the middle of its part of a step; SIGTERM (a preemption notice) to a worker; a
 hung worker. Each is detected, the lost worker's place is taken by a standby (runner.standby) or its group is
-replaced (the others keep their processes and reload), every group resumes from this run's latest checkpoint
-(from its copy in memory in the SIGKILL run, runner.checkpoint.memory_replicas=1; from storage in the other), and the run ends with exit 0 and the same
-weights and per-step rewards, bit for bit, as a run that was never interrupted."""
+replaced (the others keep their processes). A lost rollout worker's samples are regenerated in the job
+(nothing reloaded, no step redone); for the others every group resumes from this run's latest checkpoint
+(from its copy in memory in the SIGKILL run, runner.checkpoint.memory_replicas=1; from storage in the
+other). The run ends with exit 0 and the same weights and per-step rewards, bit for bit, as a run that was
+never interrupted."""
 
 from __future__ import annotations
 
@@ -47,7 +49,9 @@ def test_sigkill_of_each_worker_role_mid_step(reference, tmp_path):
     """With standbys (one actor, two rollout) and memory replicas: one rollout standby is killed while idle
     (it is replaced, no recovery); the rollout worker's and the actor rank's places are taken by standbys
     (the surviving rank keeps its process and re-forms the group with the standby); the reference restarts
-    in a new process; every recovery loads the newest committed step from memory. Right after the actor
+    in a new process. The rollout worker's standby takes its index, gets the actor's current weights and
+    regenerates the lost chunk of the step in the job: the actor is not reloaded and no step is redone. The
+    two other recoveries load the newest committed step from memory. Right after the actor
     rank's kill the test moves that step's actor files out of the checkpoint directory: the recovery still
     resumes from that step, so it read none of them."""
     proc = spawn_rayrl(tmp_path, *STEPS, "runner.max_restarts=3", "runner.checkpoint.memory_replicas=1",
@@ -97,7 +101,12 @@ def test_sigkill_of_each_worker_role_mid_step(reference, tmp_path):
         assert all(before[r] - {killed[n]} <= after[r] for r in kept), (role, pids)
         if role != "reference":  # the standby that took the place was ready before the kill
             assert standby_pids(tmp_path, role)[0] in before[role] & after[role], (role, pids)
-    for e, (_, _, checkpoint) in zip(recovered, KILLS):
+    in_job, *reloaded = recovered
+    assert in_job["regenerated"] == [in_job["step"]] and in_job["resumed_from"] == in_job["step"] - 1, in_job
+    assert in_job["source"] == "memory" and "load_s" not in in_job and failures[0]["in_job"], in_job
+    assert not [e for e in events_named(tmp_path, "resumed") if e["time"] < in_job["time"]], "a reload"
+    assert 0 < in_job["seconds_to_next_step"] < 300, in_job
+    for e, (_, _, checkpoint) in zip(reloaded, KILLS[1:]):
         assert e["resumed_from"] >= checkpoint and e["resumed_from"] % 4 == 0, e
         assert 0 < e["seconds_to_next_step"] < 300, e
         assert e["source"] == "memory" and e["load_s"] >= 0 and e["sync_s"] >= 0, e

@@ -145,12 +145,15 @@ def test_kills_during_saves_always_resume_from_a_complete_checkpoint_and_end_bit
     fired = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in (tmp_path / "fired").iterdir()}
     assert sorted(fired) == list(range(len(plan["points"]))), context  # every planned kill happened
 
-    # after each exact kill the run resumed from the newest complete step, never from a half one
+    # after each exact kill the run resumed from the newest complete step, never from a half one; a rollout
+    # worker killed after its part was written (a random delay) may be recovered in the job, with no resume
     resumed = [(e["time"], e["step"]) for e in events_named(tmp_path, "resumed")]
+    in_job = [e["time"] for e in events_named(tmp_path, "recovered") if "regenerated" in e]
     newest_complete = {2: 1, 3: 2, 4: 3, 5: 4, 6: 6, 7: 6, 8: 7}  # step 6: renamed, tracker still at 5
     for i, point in enumerate(plan["points"]):
         after = [step for t, step in resumed if t > fired[i]["time"]]
-        assert after, f"no resume after kill {i} ({point})\n{context}"
+        assert after or (point.get("who") == "rollout[0]" and any(t > fired[i]["time"] for t in in_job)), (
+            f"no resume after kill {i} ({point})\n{context}")
         if point["step"] in newest_complete and "delay" not in point:
             assert after[0] == newest_complete[point["step"]], f"kill {i} ({point}): resumed from {after[0]}"
     assert not list(ckpts.glob("*.corrupt-*")), context  # no half-written step was ever visible as a step

@@ -216,6 +216,19 @@ class Fleet:
             self._groups[name] = self._new_group(self.specs[name])
             self.where = {w: info for w, info in self.where.items() if w.role != name}
 
+    def replace_workers(self, role: str, indices: list[int], how: str) -> None:
+        """In the job, new workers in the places ``indices`` of the group of ``role`` (its other workers kept):
+        ready standbys (``how`` STANDBY) or new processes in the lost workers' reservations, brought up
+        (and located) as at any start."""
+        group = self._groups[role]
+        if how == STANDBY:
+            self._take_standbys(group, indices)
+        else:
+            for index in indices:
+                group.respawn(index, self.specs[role].args(self.cfg, index, group.size))
+                self.where.pop(WorkerId(role, index), None)
+        self.start()
+
     def _take_standbys(self, group: WorkerGroup, indices: list[int]) -> None:
         """Standbys in the places ``indices`` of ``group``; the lost workers' bundles are freed for the next."""
         for index, spare in zip(indices, self.standbys.take(group.name, len(indices)), strict=True):
@@ -244,23 +257,26 @@ class Fleet:
     def workers(self) -> list[tuple[WorkerId, ray.actor.ActorHandle]]:
         return [(WorkerId(g.name, i), w) for g in self.groups for i, w in enumerate(g.workers)]
 
-    def find_dead(self, skip: set[str] = frozenset()) -> list[WorkerId]:
-        """Workers whose process or node is gone (roles in ``skip`` not probed). Only an error answer
-        means dead: a busy worker (e.g. blocked in a collective) does not answer a ping within the probe
-        bound and counts as alive."""
-        return self._probe(skip)[0]
+    def find_dead(self, skip: set[str] = frozenset(), among: list[WorkerId] | None = None) -> list[WorkerId]:
+        """Workers whose process or node is gone (roles in ``skip`` not probed; only ``among`` when given).
+        Only an error answer means dead: a busy worker (e.g. blocked in a collective) does not answer a
+        ping within the probe bound and counts as alive."""
+        return self._probe(skip, among)[0]
 
-    def _probe(self, skip: set[str]) -> tuple[list[WorkerId], dict[WorkerId, ray.ObjectRef]]:
+    def _probe(self, skip: set[str], among: list[WorkerId] | None = None
+               ) -> tuple[list[WorkerId], dict[WorkerId, ray.ObjectRef]]:
         """``find_dead``'s dead workers, and the probes not answered within PROBE_TIMEOUT_S."""
-        workers = [(wid, w) for wid, w in self.workers() if wid.role not in skip]
+        workers = [(wid, w) for wid, w in self.workers()
+                   if wid.role not in skip and (among is None or wid in among)]
         probes = [w.ping.remote() for _, w in workers]
         ready = set(ray.wait(probes, num_returns=len(probes), timeout=PROBE_TIMEOUT_S)[0]) if probes else set()
         dead = [wid for (wid, _), ref in zip(workers, probes) if ref in ready and _failed(ref, RayActorError)]
         return dead, {wid: ref for (wid, _), ref in zip(workers, probes) if ref not in ready}
 
-    def wait_all(self, refs: list[ray.ObjectRef], role: str) -> list[Any]:
-        """Results of one call per worker of ``role`` (ref i is worker i's), within runner.step_timeout_s."""
-        return self._gather(refs, [WorkerId(role, i) for i in range(len(refs))])
+    def wait_all(self, refs: list[ray.ObjectRef], role: str, indices: list[int] | None = None) -> list[Any]:
+        """Results of one call per worker of ``role`` (ref i is worker i's, or worker ``indices[i]``'s), within
+        runner.step_timeout_s."""
+        return self._gather(refs, [WorkerId(role, i) for i in (range(len(refs)) if indices is None else indices)])
 
     def wait_checkpoint(self, refs: list[ray.ObjectRef], role: str, doing: str) -> list[Any]:
         """``wait_all`` for checkpoint I/O (``doing``: what, for the error), bounded by its own
@@ -281,7 +297,9 @@ class Fleet:
         """Workers that received SIGTERM since they started. A worker answers a ping only after the calls
         queued before it: those of the roles in ``busy`` (rollout workers generating ahead of training) are
         not waited for, their ping is kept and read at a later step boundary, once answered, so that the loop
-        does not stall on a generation in flight (a lost worker is found by the call it was running)."""
+        does not stall on a generation in flight (a lost worker is found by the call it was running). A
+        rollout worker found dead here is left to the rollout pipeline, which replaces it in the job when it
+        next waits for it (rayrl.regenerate)."""
         pings = {}
         for wid, worker in self.workers():
             handle, ping = self._pings.pop(wid, (None, None))
@@ -290,8 +308,16 @@ class Fleet:
         answered = [wid for wid in pings if wid.role in busy and ray.wait([pings[wid]], timeout=0)[0]]
         self._pings = {wid: (worker, pings[wid]) for wid, worker in self.workers()
                        if wid not in waited and wid not in answered}
-        replies = self._gather([pings[wid] for wid in waited + answered], waited + answered)
-        return [wid for wid, reply in zip(waited + answered, replies) if reply["preemption_notice"]]
+        asked = waited + answered
+        while True:
+            try:
+                replies = self._gather([pings[wid] for wid in asked], asked)
+                return [wid for wid, reply in zip(asked, replies) if reply["preemption_notice"]]
+            except InfraFailure as failure:
+                lost = set(failure.workers)
+                if any(w.role != ROLLOUT for w in lost) or not lost <= set(self.find_dead(among=list(lost))):
+                    raise
+                asked = [wid for wid in asked if wid not in lost]
 
     def location(self, workers: tuple[WorkerId, ...]) -> dict[str, Any]:
         """Where the first of ``workers`` ran: its node id and pid, falling back to its placement-group

@@ -52,14 +52,29 @@ class WorkerGroup:
 
     def spawn(self, make_args: Callable[[int], tuple]) -> None:
         """Create one actor per bundle; ``make_args(i)`` gives actor i's constructor arguments."""
-        remote_cls = ray.remote(self.cls)
-        for i in range(self.size):
-            strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
-            handle = remote_cls.options(
-                num_cpus=self.num_cpus, num_gpus=self.num_gpus, scheduling_strategy=strategy,
-                max_restarts=0, max_task_retries=0,
-            ).remote(*make_args(i))
-            self.workers.append(handle)
+        self.workers = [self._actor(i, make_args(i)) for i in range(self.size)]
+
+    def respawn(self, index: int, args: tuple) -> None:
+        """A new process in place ``index``, whose worker was lost, in the reservation that worker held: its
+        bundle (freed by its death) or, where a standby with resources of its own had taken the place, a
+        bundle a lost worker vacated, else resources of its own like a standby's."""
+        try:
+            ray.kill(self.workers[index], no_restart=True)
+        except Exception:  # noqa: BLE001 -- already dead
+            pass
+        bundle = self.bundle_of[index]
+        if bundle is None and self.vacated:
+            bundle = self.vacated.pop()
+        self.bundle_of[index] = bundle
+        self.workers[index] = self._actor(bundle, args)
+
+    def _actor(self, bundle: int | None, args: tuple) -> ray.actor.ActorHandle:
+        strategy: Any = ("DEFAULT" if bundle is None else
+                         PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=bundle))
+        return ray.remote(self.cls).options(
+            num_cpus=self.num_cpus, num_gpus=self.num_gpus, scheduling_strategy=strategy,
+            max_restarts=0, max_task_retries=0,
+        ).remote(*args)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
         """The same call on every worker."""
