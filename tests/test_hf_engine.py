@@ -14,6 +14,7 @@ import torch
 from rayrl.config import load_config
 from rayrl.engines.hf import SEED_SCHEME, HFEngine, call_seed
 from rayrl.engines.vllm import request_seed
+from rayrl.models.forward import response_logprobs
 
 TINY = ["actor.model.hidden_size=32", "actor.model.num_layers=1", "actor.model.num_heads=2",
         "actor.model.intermediate_size=64", "rollout.max_new_tokens=8"]
@@ -55,3 +56,13 @@ def test_any_engine_draws_the_same_chunk_whatever_it_drew_before(caplog) -> None
         b.load_state_dict({"rng": torch.Generator().get_state()})  # an older checkpoint's per-worker stream
     (warned,) = caplog.records
     assert "an older rayrl (per-worker generator streams)" in warned.getMessage()
+
+
+def test_behaviour_logprobs_are_the_actors_forward_and_leave_the_samples_alone() -> None:
+    """Asked for them (rollouts ahead of training), the engine returns the log-probs of the actor's forward
+    pass on its own weights, at any sampling temperature; asking does not change what is sampled."""
+    engine = HFEngine(load_config(None, [*TINY, "rollout.temperature=0.5"]))
+    r = engine.generate(PROMPTS, 4, 1, 0, logprobs=True)
+    assert torch.equal(r.response_ids, engine.generate(PROMPTS, 4, 1, 0).response_ids)
+    want = response_logprobs(engine.model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)
+    assert torch.equal(r.logprobs, want)

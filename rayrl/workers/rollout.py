@@ -43,9 +43,7 @@ class Sampler:
         rollouts ahead of training, also the generating policy's log-probs."""
         start = time.perf_counter()
         prompts = [render_prompt(item["prompt"], self.engine.tokenizer) for item in items]
-        rollouts = self.engine.generate(prompts, n, step, first)
-        if self.behaviour_logprobs:
-            rollouts.logprobs = self.engine.logprobs(rollouts)
+        rollouts = self.engine.generate(prompts, n, step, first, logprobs=self.behaviour_logprobs)
         if self.scorer is not None:
             ids = [row[mask.bool()].tolist() for row, mask in zip(rollouts.response_ids, rollouts.response_mask)]
             rollouts.scores = self.scorer.score(items, rollouts.response_texts, ids, n, step, first)

@@ -14,13 +14,16 @@ require_vllm()
 pytestmark = pytest.mark.vllm
 
 from rayrl.config import load_config  # noqa: E402
-from rayrl.engines.vllm import VLLMEngine, check_config, request_seed  # noqa: E402
+from rayrl.engines.vllm import VLLMEngine, check_config, request_seed, sleeps_between_generations  # noqa: E402
+from rayrl.models.forward import response_logprobs  # noqa: E402
 from rayrl.models.tiny import build_tiny_model  # noqa: E402
 from rayrl.workers.rollout import RolloutWorker  # noqa: E402
+from rayrl.workers.weight_sync import export_handles  # noqa: E402
 
 PROMPTS = ["ab:", "cdef:", "x:"]
 N = 4
 MAX_NEW = 8
+BEHAVIOUR_GAP = 1e-5  # vLLM's log-probs against the actor's forward pass, same float32 weights: ~1e-6 on CPU
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +78,15 @@ def test_check_config_names_the_key():
         check_config(gpu)
 
 
+def test_sleep_only_between_generations_that_training_separates():
+    """A GPU shared with others sleeps after each generation, unless rollouts run ahead of training."""
+    shared = ["rollout.backend=vllm", "rollout.num_gpus_per_worker=0.5"]
+    assert sleeps_between_generations(load_config(None, shared))
+    assert not sleeps_between_generations(load_config(None, [*shared, "rollout.async_steps=1"]))
+    assert not sleeps_between_generations(load_config(None, ["rollout.backend=vllm", "rollout.num_gpus_per_worker=1"]))
+    assert not sleeps_between_generations(load_config(None, ["rollout.backend=vllm"]))  # CPU
+
+
 def test_rollouts_match_the_hf_engine_layout(engine):
     r = engine.generate(PROMPTS, N, step=1, first=0)
     tok = engine.tokenizer
@@ -110,10 +122,11 @@ def test_stop_token_is_kept_and_ends_the_response(engine):
     assert stopped.response_mask[0].tolist() == [1] * (first_stop + 1) + [0] * (MAX_NEW - first_stop - 1)
 
 
-def test_weight_sync_changes_outputs_to_exactly_the_new_model(engine, cfg):
-    """New weights change the samples; greedy decoding then equals the HF model holding those weights
-    (so vLLM's fused q/k/v and gate/up layouts got the right tensors); the old weights bring the old
-    samples back bit for bit."""
+def test_weight_sync_changes_outputs_to_exactly_the_new_model(worker, engine, cfg):
+    """New weights, through the ipc path (rayrl.workers.weight_sync: memory files actor rank 0 shares, here
+    this process's own), change the samples; greedy decoding then equals the HF model holding those weights
+    (so vLLM's fused q/k/v and gate/up layouts got the right tensors); the old weights, through a plain load
+    (the object-store path), bring the old samples back bit for bit."""
     m = cfg.actor.model
     size = dict(hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
                 intermediate_size=m.intermediate_size, vocab_size=len(engine.tokenizer))
@@ -121,13 +134,49 @@ def test_weight_sync_changes_outputs_to_exactly_the_new_model(engine, cfg):
     other = build_tiny_model(**size, seed=cfg.runner.seed + 100)
     before = engine.generate(PROMPTS, N, step=7, first=0)
 
-    engine.load_weights(other.state_dict())
+    handles, shared = export_handles(other.state_dict(), receivers=1)
+    worker.load_shared_weights(handles)
+    shared.close()
     after = engine.generate(PROMPTS, N, step=7, first=0)
     assert not torch.equal(before.response_ids, after.response_ids)
     assert_greedy_matches(engine, other)
 
     engine.load_weights(original.state_dict())
     assert torch.equal(engine.generate(PROMPTS, N, step=7, first=0).response_ids, before.response_ids)
+
+
+def test_behaviour_logprobs_are_the_actors_forward_up_to_the_engine_gap(engine, cfg):
+    """Asked for them (rollouts ahead of training), each sampled token comes with the log-prob vLLM's sampler
+    gave it: the model's distribution before temperature and top-p, which the actor's forward pass computes
+    for the ratio (rayrl.models.forward), equal to it on the same weights up to the two forward passes'
+    numerics (BEHAVIOUR_GAP); the tempered distribution it was drawn from would be far off. Compared where the
+    actor sees what vLLM saw: a pad token the model sampled is masked out of the actor's attention (the
+    response mask), so the tokens after it have other contexts there. Asking does not change the samples."""
+    m = cfg.actor.model
+    model = build_tiny_model(hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
+                             intermediate_size=m.intermediate_size, vocab_size=len(engine.tokenizer),
+                             seed=cfg.runner.seed).eval()
+    engine.load_weights(model.state_dict())  # the engine's start weights, whatever ran before
+    engine.temperature, engine.top_p = 0.5, 0.9
+    try:
+        r = engine.generate(PROMPTS, N, step=9, first=0, logprobs=True)
+        plain = engine.generate(PROMPTS, N, step=9, first=0)
+    finally:
+        engine.temperature, engine.top_p = cfg.rollout.temperature, cfg.rollout.top_p
+    assert torch.equal(r.response_ids, plain.response_ids) and plain.logprobs is None
+    mask = r.response_mask.bool()
+    assert r.logprobs.dtype == torch.float32 and r.logprobs.shape == r.response_ids.shape
+    assert (r.logprobs[mask] < 0).all()
+    same_context = mask & ((~mask).cumsum(1) == 0)  # no masked-out token before it
+    assert same_context.sum() > len(PROMPTS) * N
+    with torch.no_grad():
+        want = response_logprobs(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)
+        hook = model.lm_head.register_forward_hook(lambda _, __, logits: logits / 0.5)  # the tempered ones
+        tempered = response_logprobs(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)
+        hook.remove()
+    gap = (r.logprobs - want)[same_context].abs().max().item()
+    assert gap < BEHAVIOUR_GAP, gap
+    assert (r.logprobs - tempered)[same_context].abs().max().item() > 100 * BEHAVIOUR_GAP
 
 
 def test_preemption_notice_still_reaches_a_vllm_worker(worker, engine):
