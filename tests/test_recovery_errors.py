@@ -6,6 +6,7 @@ with the error shown (exit 3), and run_main.sh does not relaunch it."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
@@ -83,7 +84,9 @@ def test_a_program_error_is_not_retried(tmp_path):
         kill_session(proc)
     out = output_of(proc)
     assert rc == 3, out[-3000:]
-    assert "rayrl: program error: ProgramError: step 2 raised FloatingPointError: non-finite grad_norm=nan" in out
+    # the step depends on the samples: a step whose rewards are all equal has no gradient to blow up
+    assert re.search(r"rayrl: program error: ProgramError: step \d+ raised FloatingPointError: non-finite "
+                     r"grad_norm=nan", out), out[-3000:]
     assert "relaunching" not in out and out.count("starting fresh at step 1") == 1
     assert not events_named(tmp_path, "failure") and not events_named(tmp_path, "recovered")
     (stopped,) = events_named(tmp_path, "program_error")

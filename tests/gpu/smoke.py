@@ -287,9 +287,10 @@ class Suite:
         def sample(worker: RolloutWorker, step: int, first: int) -> torch.Tensor:
             return worker.generate(items, N_SAMPLES, step, first).response_ids
 
-        cuda_before = torch.cuda.get_rng_state()
+        rng_state = torch.cuda.get_rng_state if self.device == "cuda" else torch.get_rng_state
+        before = rng_state()
         a1, a2, a1_other_chunk = sample(w0, 1, 0), sample(w0, 2, 0), sample(w0, 1, 8)
-        assert torch.equal(torch.cuda.get_rng_state(), cuda_before), "generate moved the global CUDA RNG"
+        assert torch.equal(rng_state(), before), f"generate moved the global {self.device} RNG"
         assert not torch.equal(a1, a2), "the same samples in two steps"
         assert not torch.equal(a1, a1_other_chunk), "the same samples for two chunks of a step"
         assert torch.equal(sample(w1, 1, 0), a1), "another worker draws other samples for the same chunk"
