@@ -131,10 +131,16 @@ class RolloutPipeline:
     def _launch(self, step: int) -> None:
         items, epoch, indices = self.stream.next()
         rollout = self.fleet.rollout
-        chunks = split_evenly(list(range(len(items))), rollout.size)
-        refs = rollout.call_each("generate", [([items[i] for i in c], self.n, step, c[0] * self.n) for c in chunks])
+        refs = rollout.call_each("generate", [self._chunk_call(items, step, rollout.size, i)
+                                              for i in range(rollout.size)])
         self.ahead[step] = Ahead(step, items, epoch, indices, self.version, refs, self.loads)
         self.loads = {}
+
+    def _chunk_call(self, items: list[dict], step: int, workers: int, index: int) -> tuple:
+        """The generate arguments of worker ``index``'s chunk of a step's ``items`` (the same chunk, with the
+        same seed, whoever is sent it: a replacement regenerates it bit for bit)."""
+        chunk = split_evenly(list(range(len(items))), workers)[index]
+        return [items[i] for i in chunk], self.n, step, chunk[0] * self.n
 
     def _finish(self, ahead: Ahead) -> None:
         """Wait for the rollouts of ``ahead``, regenerating in the job what a lost rollout worker had not
@@ -177,9 +183,8 @@ class RolloutPipeline:
                     load = worker.load_weights.remote(weights[value])
                     continue
                 ahead = unfinished[value]
-                chunk = split_evenly(list(range(len(ahead.items))), len(ahead.refs))[index]
-                ahead.refs[index] = worker.generate.remote([ahead.items[i] for i in chunk], self.n, ahead.step,
-                                                           chunk[0] * self.n)
+                ahead.refs[index] = worker.generate.remote(*self._chunk_call(ahead.items, ahead.step,
+                                                                             len(ahead.refs), index))
                 ahead.loads.pop(index, None)
                 if load is not None:
                     ahead.loads[index] = load
